@@ -1,0 +1,36 @@
+"""Shared fixtures: CPU only, offline, tiny models built in-process, tmp output folders."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder():
+    from varlit.models.tiny_text import build_tiny_text_encoder
+
+    return build_tiny_text_encoder(max_length=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline():
+    """The tiny preset with random weights (seeded) and the tiny T5; shared, treat as read-only."""
+    from varlit.pipeline import Pipeline
+
+    return Pipeline.load("tiny", device="cpu", dtype="float32", init_seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

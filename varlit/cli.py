@@ -1,0 +1,74 @@
+"""The `varlit` console script.
+
+`fit`, `validate` and `test` are LightningCLI runs over the subject-tuning module and data module;
+`sample`, `eval`, `data` and `bench` are plain commands with the same config-file conventions
+(`--config file.yaml`, repeatable, and `--print_config`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+USAGE = """usage: varlit <command> [options]
+
+commands:
+  fit | validate | test   LightningCLI runs (see `varlit fit --help`)
+  sample                  generate PNGs from a preset, checkpoint and optional subject adapter
+  eval                    DreamBench-style evaluation of subject adapters
+  data                    dataset helpers (`varlit data dreambench --out DIR`)
+  bench                   speed and memory benchmarks
+"""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .models.loading import CheckpointError
+    from .models.presets import UnknownPresetError
+    from .models.text import HubUnavailableError
+
+    return (ValueError, UnknownPresetError, CheckpointError, HubUnavailableError, FileNotFoundError)
+
+
+def run_function(fn: Callable, argv: list[str], prog: str) -> object:
+    """Parse `argv` into `fn`'s typed arguments (config files allowed) and call it."""
+    parser = ArgumentParser(prog=prog, description=(fn.__doc__ or "").split("\n")[0], exit_on_error=True)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file(s), repeatable")
+    parser.add_function_arguments(fn, as_group=False)
+    cfg = parser.parse_args(argv)
+    init = parser.instantiate_classes(cfg)
+    kwargs = {k: v for k, v in vars(init).items() if k not in ("config", "__path__")}
+    kwargs = {k: v for k, v in kwargs.items() if not k.startswith("__")}
+    return fn(**kwargs)
+
+
+def _commands() -> dict[str, Callable[[list[str]], object]]:
+    def sample(argv: list[str]) -> object:
+        from .commands.sample import sample_images
+
+        return run_function(sample_images, argv, "varlit sample")
+
+    return {"sample": sample}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    commands = _commands()
+    if command not in commands:
+        print(f"varlit: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        commands[command](rest)
+    except _user_errors() as err:
+        msg = str(err).strip() or type(err).__name__
+        print(f"varlit {command}: error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Text conditioning: a padded batch of T5 features, and the frozen T5 encoder that produces it.
+
+Infinity reads the T5 `last_hidden_state` of the valid tokens only (the official code packs them); here
+the batch stays padded with explicit lengths, and padded rows are zero and never attended to.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TextBatch:
+    """T5 features of a batch of prompts, padded: rows t >= lengths_B[i] are padding."""
+
+    features_BTC: torch.Tensor
+    lengths_B: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.features_BTC.dim() != 3:
+            raise ValueError(f"text features must be [B, T, C], got shape {tuple(self.features_BTC.shape)}")
+        if self.lengths_B.shape != (self.features_BTC.shape[0],):
+            raise ValueError("text lengths must have one entry per prompt")
+
+    @property
+    def batch_size(self) -> int:
+        return self.features_BTC.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.features_BTC.shape[2]
+
+    def mask_BT(self) -> torch.Tensor:
+        """True at valid (non-padding) rows."""
+        t = torch.arange(self.features_BTC.shape[1], device=self.features_BTC.device)
+        return t[None, :] < self.lengths_B.to(t.device)[:, None]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextBatch:
+        return TextBatch(self.features_BTC.to(device=device, dtype=dtype), self.lengths_B.to(device))
+
+    def index(self, idx: torch.Tensor | list[int] | slice) -> TextBatch:
+        return TextBatch(self.features_BTC[idx], self.lengths_B[idx])
+
+    def trimmed(self) -> TextBatch:
+        """Drop padding columns beyond the longest prompt (cheaper attention)."""
+        t = int(self.lengths_B.max())
+        return TextBatch(self.features_BTC[:, :t], self.lengths_B)
+
+    @staticmethod
+    def cat(batches: list[TextBatch]) -> TextBatch:
+        t = max(b.features_BTC.shape[1] for b in batches)
+        feats = [nn.functional.pad(b.features_BTC, (0, 0, 0, t - b.features_BTC.shape[1])) for b in batches]
+        return TextBatch(torch.cat(feats), torch.cat([b.lengths_B for b in batches]))
+
+
+class HubUnavailableError(RuntimeError):
+    """A model or file that is neither on disk nor reachable on the hub."""
+
+
+def offline_hint(name: str, err: Exception) -> HubUnavailableError:
+    return HubUnavailableError(
+        f"cannot load {name!r}: not found locally and the hub is unreachable or offline "
+        f"({type(err).__name__}). Download it once on a machine with network "
+        f"(e.g. `huggingface-cli download {name}`) or pass a local folder."
+    )
+
+
+class TextEncoder(nn.Module):
+    """Frozen T5 encoder + tokenizer (google/flan-t5-xl for the released Infinity models)."""
+
+    def __init__(self, encoder: nn.Module, tokenizer, max_length: int = 512):
+        super().__init__()
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, dtype: torch.dtype = torch.float32, max_length: int = 512
+    ) -> TextEncoder:
+        """Load from a local folder or a hub id; one clear error when it is not available offline.
+
+        The id `tiny-t5` builds the random offline encoder used by the `tiny` preset.
+        """
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        from .tiny_text import TINY_T5_ID, build_tiny_text_encoder
+
+        if name_or_path == TINY_T5_ID:
+            return build_tiny_text_encoder(max_length=max_length)
+
+        local_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.path.isdir(
+            name_or_path
+        )
+        try:
+            tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_only)
+            enc = T5EncoderModel.from_pretrained(name_or_path, dtype=dtype, local_files_only=local_only)
+        except OSError as err:
+            raise offline_hint(name_or_path, err) from None
+        return cls(enc, tok, max_length=max_length)
+
+    @property
+    def channels(self) -> int:
+        return self.encoder.config.d_model
+
+    def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        if not prompts:
+            raise ValueError("empty prompt list: give at least one prompt")
+        return self.tokenizer(
+            list(prompts), max_length=self.max_length, padding="longest", truncation=True, return_tensors="pt"
+        )
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> TextBatch:
+        """Features of the valid tokens (padding to the longest prompt does not change them: it is masked)."""
+        tokens = self.tokenize(prompts)
+        device = next(self.encoder.parameters()).device
+        ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+        feats = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        feats = feats * mask[..., None]
+        return TextBatch(feats, mask.sum(1).long())

@@ -1,0 +1,123 @@
+"""A ready-to-sample bundle: Infinity + VAE + T5 for a preset, from the hub, local files or random init."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .models.infinity import Infinity
+from .models.loading import load_checkpoint
+from .models.presets import Preset, get_preset
+from .models.sampler import SampleOutput, SamplingConfig, make_generator, sample
+from .models.schedules import Schedule
+from .models.text import TextBatch, TextEncoder
+from .models.vae import BSQVAE
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' = bf16 on GPU (how the released models run), float32 on CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+@dataclass
+class Pipeline:
+    preset: Preset
+    model: Infinity
+    vae: BSQVAE
+    text_encoder: TextEncoder
+
+    @classmethod
+    def load(
+        cls,
+        preset: str = "tiny",
+        weights: str | None = None,
+        vae_weights: str | None = None,
+        text_encoder: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        init_seed: int = 0,
+        random_init: bool | None = None,
+    ) -> Pipeline:
+        """Build a preset; real weights come from `weights`/`vae_weights` (path or hub file name) or the
+        preset's defaults. `random_init` (default: only for presets without released weights) skips loading."""
+        p = get_preset(preset)
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        weights = weights or p.weights
+        vae_weights = vae_weights or p.vae_weights
+        random_init = (weights is None) if random_init is None else random_init
+        if random_init:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)
+                model, vae = p.build("cpu")
+            model, vae = model.to(dev, dt), vae.to(dev)
+        else:
+            model, vae = p.build("meta")
+            load_checkpoint(model, weights, p.hf_repo, dtype=dt, device=dev)
+            if vae_weights is None:
+                raise ValueError(f"preset {p.name!r} needs vae_weights when weights are given")
+            load_checkpoint(vae, vae_weights, p.hf_repo, subkey="vae", dtype=torch.float32, device=dev)
+        te = TextEncoder.from_pretrained(text_encoder or p.text_encoder, max_length=p.infinity.text_maxlen)
+        te.to(dev)
+        return cls(p, model.eval().requires_grad_(False), vae.eval().requires_grad_(False), te)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def schedule(self, h_div_w: float = 1.0, pn: str | None = None) -> Schedule:
+        return self.preset.schedule(h_div_w, pn)
+
+    def encode(self, prompts: Sequence[str]) -> TextBatch:
+        return self.text_encoder.encode(list(prompts)).to(self.device, self.model.cfg_uncond.dtype)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingConfig | None = None,
+        seed: int | None = 0,
+        h_div_w: float = 1.0,
+        pn: str | None = None,
+    ) -> SampleOutput:
+        """One image per prompt; the same seed and prompt batch always give the same images."""
+        if not prompts:
+            raise ValueError("empty prompt list: give at least one prompt")
+        schedule = self.schedule(h_div_w, pn)
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.model.cfg_uncond.dtype == torch.bfloat16
+        ):
+            return sample(
+                self.model,
+                self.vae,
+                self.encode(prompts),
+                schedule,
+                sampling,
+                generator=make_generator(seed, self.device),
+                patchify=self.preset.patchify,
+            )
+
+
+def slugify(text: str, max_len: int = 60) -> str:
+    return re.sub(r"[^a-zA-Z0-9]+", "_", text).strip("_")[:max_len] or "prompt"
