@@ -122,6 +122,19 @@ def test_training_forward_backward_and_gradient_checkpointing_agree():
         torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5)
 
 
+def test_per_scale_attention_equals_masked_attention():
+    schedule = get_schedule(1.5, "0.06M")
+    text = _text(2, 5, 128)
+    x = torch.randn(2, num_tokens(schedule) - 1, 8)
+    outs = []
+    for impl in ("masked", "per_scale"):
+        model = _tiny_model()
+        model.cfg.attention = impl
+        with torch.no_grad():
+            outs.append(model(text, x, schedule))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+
+
 def test_text_padding_is_never_read():
     model = _tiny_model()
     schedule = get_schedule(1.0, "0.06M")

@@ -40,12 +40,15 @@ class InfinityConfig:
     cond_drop_rate: float = 0.1  # text-condition dropout, training only
     max_scales: int = MAX_SCALES
     attn_scale_clamp: float = math.log(100.0)
+    attention: str = "auto"  # block-causal implementation: auto | masked | per_scale (same numbers)
 
     def __post_init__(self) -> None:
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.depth % self.block_chunks:
             raise ValueError(f"depth {self.depth} is not divisible by block_chunks {self.block_chunks}")
+        if self.attention not in ("auto", "masked", "per_scale"):
+            raise ValueError(f"attention must be auto, masked or per_scale, got {self.attention!r}")
         if self.pool_heads < 1 or self.width % self.pool_heads:
             raise ValueError(
                 f"text_channels {self.text_channels} gives {self.pool_heads} text-pool heads (one per 128 channels), "
@@ -134,6 +137,24 @@ class RMSNorm(nn.Module):
 
 
 @dataclass
+class ScalePrefixes:
+    """Block-causal attention as one mask-free SDPA call per scale: scale s attends to tokens [0, end_s).
+
+    Same result as the boolean mask; without a mask SDPA can use its flash kernels on GPU, and the
+    masked-out upper blocks are never computed. On CPU with short sequences one masked call is faster.
+    """
+
+    offsets: list[int]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        outs = [
+            F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :b], v[:, :, :b], scale=1.0)
+            for a, b in zip(self.offsets[:-1], self.offsets[1:])
+        ]
+        return torch.cat(outs, 2)
+
+
+@dataclass
 class KVCache:
     """Keys (after RoPE) and values of the scales a block has already seen during sampling."""
 
@@ -177,7 +198,11 @@ class SelfAttention(nn.Module):
         q, k = apply_rope(q, cos_sin), apply_rope(k, cos_sin)
         if cache is not None:
             k, v = cache.extend(k, v)
-        out = F.scaled_dot_product_attention(q, k, v.to(q.dtype), attn_mask=mask_lL, scale=1.0)
+        v = v.to(q.dtype)
+        if isinstance(mask_lL, ScalePrefixes):
+            out = mask_lL.attend(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_lL, scale=1.0)
         return self.proj(out.transpose(1, 2).reshape(B, l, C))
 
 
@@ -405,6 +430,18 @@ class Infinity(nn.Module):
                 x_BLC = block(*args)
         return x_BLC
 
+    def attention_layout(self, schedule: Sequence[tuple[int, int]], device: torch.device):
+        """Block-causal self-attention over scales: per-scale SDPA calls or one boolean mask."""
+        offsets = scale_token_offsets(schedule)
+        impl = self.cfg.attention
+        if impl == "auto":
+            impl = "per_scale" if device.type == "cuda" or offsets[-1] >= 2048 else "masked"
+        if impl == "per_scale":
+            return ScalePrefixes(offsets)
+        sizes = torch.tensor([h * w for h, w in schedule])
+        scale_of = torch.repeat_interleave(torch.arange(len(schedule)), sizes)
+        return (scale_of[None, :] <= scale_of[:, None]).to(device)  # key scale <= query scale
+
     def logits(self, x_BLC: torch.Tensor, ctx: TextContext) -> torch.Tensor:
         return self.head(self.head_nm(x_BLC, ctx.pooled_BC))
 
@@ -423,9 +460,5 @@ class Infinity(nn.Module):
                 f"schedule has {offsets[-1]} tokens but the input has {L} (start token included)"
             )
         x = x + self.level_embedding(schedule, x.device)
-        scale_of = torch.repeat_interleave(
-            torch.arange(len(schedule)), torch.tensor([h * w for h, w in schedule])
-        )
-        mask_LL = (scale_of[None, :] <= scale_of[:, None]).to(x.device)  # block-causal over scales
-        x = self.run_blocks(x, ctx, self.rope(schedule, x.device), mask_LL)
+        x = self.run_blocks(x, ctx, self.rope(schedule, x.device), self.attention_layout(schedule, x.device))
         return self.logits(x, ctx)
