@@ -43,13 +43,22 @@ def run_function(fn: Callable, argv: list[str], prog: str) -> object:
     return fn(**kwargs)
 
 
+def run_lightning(argv: list[str]) -> object:
+    from .lightning_cli import VarlitCLI
+
+    return VarlitCLI(args=argv)
+
+
 def _commands() -> dict[str, Callable[[list[str]], object]]:
     def sample(argv: list[str]) -> object:
         from .commands.sample import sample_images
 
         return run_function(sample_images, argv, "varlit sample")
 
-    return {"sample": sample}
+    lightning = {
+        name: (lambda argv, name=name: run_lightning([name, *argv])) for name in ("fit", "validate", "test")
+    }
+    return {"sample": sample, **lightning}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,12 +40,44 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
 
 
+def load_base(
+    p: Preset,
+    weights: str | None,
+    vae_weights: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    init_seed: int = 0,
+    random_init: bool | None = None,
+) -> tuple[Infinity, BSQVAE]:
+    """Transformer and VAE of a preset: released/local weights, or seeded random init (tiny, benchmarks).
+
+    Real weights are loaded onto a meta-device skeleton (no second copy in memory); the VAE stays float32.
+    """
+    weights = weights or p.weights
+    vae_weights = vae_weights or p.vae_weights
+    random_init = (weights is None) if random_init is None else random_init
+    if random_init:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model, vae = p.build("cpu")
+        return model.to(device, dtype), vae.to(device)
+    model, vae = p.build("meta")
+    load_checkpoint(model, weights, p.hf_repo, dtype=dtype, device=device)
+    if vae_weights is None:
+        raise ValueError(f"preset {p.name!r} needs vae_weights when weights are given")
+    load_checkpoint(vae, vae_weights, p.hf_repo, subkey="vae", dtype=torch.float32, device=device)
+    return model, vae
+
+
 @dataclass
 class Pipeline:
     preset: Preset
     model: Infinity
     vae: BSQVAE
     text_encoder: TextEncoder
+    subject: torch.nn.Module | None = None  # a SubjectEmbedding spliced in at the placeholder token
+    placeholder: str | None = None
+    base_backup: dict[str, torch.Tensor] = field(default_factory=dict)  # base values under an adapter
 
     @classmethod
     def load(
@@ -63,21 +95,9 @@ class Pipeline:
         preset's defaults. `random_init` (default: only for presets without released weights) skips loading."""
         p = get_preset(preset)
         dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        weights = weights or p.weights
-        vae_weights = vae_weights or p.vae_weights
-        random_init = (weights is None) if random_init is None else random_init
-        if random_init:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(init_seed)
-                model, vae = p.build("cpu")
-            model, vae = model.to(dev, dt), vae.to(dev)
-        else:
-            model, vae = p.build("meta")
-            load_checkpoint(model, weights, p.hf_repo, dtype=dt, device=dev)
-            if vae_weights is None:
-                raise ValueError(f"preset {p.name!r} needs vae_weights when weights are given")
-            load_checkpoint(vae, vae_weights, p.hf_repo, subkey="vae", dtype=torch.float32, device=dev)
+        model, vae = load_base(
+            p, weights, vae_weights, dev, resolve_dtype(dtype, dev), init_seed, random_init
+        )
         te = TextEncoder.from_pretrained(text_encoder or p.text_encoder, max_length=p.infinity.text_maxlen)
         te.to(dev)
         return cls(p, model.eval().requires_grad_(False), vae.eval().requires_grad_(False), te)
@@ -89,8 +109,31 @@ class Pipeline:
     def schedule(self, h_div_w: float = 1.0, pn: str | None = None) -> Schedule:
         return self.preset.schedule(h_div_w, pn)
 
+    def set_subject(self, subject: torch.nn.Module | None, placeholder: str | None) -> None:
+        """Use learned subject vectors wherever a prompt holds the placeholder token."""
+        self.subject, self.placeholder = subject, placeholder
+        if placeholder is not None:
+            self.text_encoder.add_token(placeholder)
+
+    def restore_base(self) -> None:
+        """Undo an applied adapter (in place, no reload)."""
+        with torch.no_grad():
+            params = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+            for k, v in self.base_backup.items():
+                params[k].copy_(v)
+        self.base_backup = {}
+        self.set_subject(None, None)
+
     def encode(self, prompts: Sequence[str]) -> TextBatch:
-        return self.text_encoder.encode(list(prompts)).to(self.device, self.model.cfg_uncond.dtype)
+        text = self.text_encoder.encode(list(prompts))
+        if self.subject is not None and self.placeholder is not None:
+            from .tuning.subject_embedding import find_placeholder
+
+            token_id = self.text_encoder.tokenizer.convert_tokens_to_ids(self.placeholder)
+            ids = self.text_encoder.tokenize(list(prompts))["input_ids"]
+            positions = find_placeholder(ids, token_id, text.lengths_B)
+            text = self.subject.splice_text(text, positions, max_length=self.model.cfg.text_maxlen)
+        return text.to(self.device, self.model.cfg_uncond.dtype)
 
     @torch.no_grad()
     def generate(

@@ -446,10 +446,18 @@ class Infinity(nn.Module):
         return self.head(self.head_nm(x_BLC, ctx.pooled_BC))
 
     def forward(
-        self, text: TextBatch, x_BLd_wo_prefix: torch.Tensor, schedule: Sequence[tuple[int, int]]
+        self,
+        text: TextBatch,
+        x_BLd_wo_prefix: torch.Tensor,
+        schedule: Sequence[tuple[int, int]],
+        drop_condition: bool = True,
     ) -> torch.Tensor:
-        """Teacher-forced logits [B, L, 2d]: token l predicts the bits of token l (start token -> scale 0)."""
-        ctx = self.encode_text(self.drop_condition(text))
+        """Teacher-forced logits [B, L, 2d]: token l predicts the bits of token l (start token -> scale 0).
+
+        In training, prompts are replaced by the null prompt with probability cond_drop_rate unless
+        `drop_condition` is False (e.g. for prior distillation, which must see the class prompt).
+        """
+        ctx = self.encode_text(self.drop_condition(text) if drop_condition else text)
         x = torch.cat(
             [self.start_tokens(ctx), self.word_embed(x_BLd_wo_prefix.to(self.word_embed.weight.dtype))], 1
         )

@@ -107,6 +107,24 @@ class TextEncoder(nn.Module):
     def channels(self) -> int:
         return self.encoder.config.d_model
 
+    @torch.no_grad()
+    def add_token(self, token: str) -> int:
+        """Register a new special token (e.g. `<placeholder>`) once; returns its id.
+
+        A new embedding row, if the table needs one, is the mean of the existing rows: deterministic,
+        so cached features stay valid across runs (transformers' default resize samples at random).
+        """
+        if token in self.tokenizer.get_vocab():
+            return self.tokenizer.convert_tokens_to_ids(token)
+        self.tokenizer.add_special_tokens({"additional_special_tokens": [token]})
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        table = self.encoder.get_input_embeddings()
+        if token_id >= table.weight.shape[0]:
+            self.encoder.resize_token_embeddings(token_id + 1, mean_resizing=False)
+            table = self.encoder.get_input_embeddings()
+            table.weight[token_id] = table.weight[:token_id].mean(0)
+        return token_id
+
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         if not prompts:
             raise ValueError("empty prompt list: give at least one prompt")

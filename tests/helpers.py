@@ -1,0 +1,39 @@
+"""Test helpers: synthetic subject photos and a small trainer factory (CPU, no logger, tmp dirs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+from PIL import Image, ImageDraw
+
+
+def make_subject_photos(folder: Path, n: int = 3, size: int = 256, seed: int = 0) -> Path:
+    """n photos of the same red 'toy' on varied backgrounds (deterministic)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        bg = ((40 * i + 60 + seed) % 256, 180, (220 - 30 * i) % 256)
+        im = Image.new("RGB", (size, size), bg)
+        d = ImageDraw.Draw(im)
+        o = 20 * i
+        d.ellipse([size // 4 + o, size // 4, 3 * size // 4 + o // 2, 3 * size // 4], fill=(210, 40, 30))
+        d.rectangle([size // 3 + o, size // 2, size // 2 + o, 7 * size // 8], fill=(30, 30, 160))
+        im.save(folder / f"{i:02d}.png")
+    return folder
+
+
+def trainer(root: Path, max_steps: int, callbacks=None, **kw) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=kw.pop("enable_checkpointing", False),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=kw.pop("limit_val_batches", 0),
+        default_root_dir=str(root),
+        callbacks=callbacks or [],
+        **kw,
+    )

@@ -1,0 +1,1 @@
+"""Lightning callbacks: subject adapters, sample grids, per-scale losses and subject metrics."""

@@ -1,0 +1,67 @@
+"""Sample grids: the validation images (fixed prompts and seed) as one PNG per validation, on disk and in
+the logger. Rows are prompts, so runs and steps compare at a glance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from ..io import save_png
+from ..models.sampler import to_uint8
+from .run_dir import run_dir, wandb_run
+
+
+def make_grid(images_N3HW: torch.Tensor, ncols: int) -> torch.Tensor:
+    """[N, 3, H, W] in [-1, 1] -> one uint8 [rows*H, cols*W, 3] image with 2-px gaps."""
+    n, _, h, w = images_N3HW.shape
+    rows = -(-n // ncols)
+    gap = 2
+    grid = torch.full((rows * (h + gap) - gap, ncols * (w + gap) - gap, 3), 255, dtype=torch.uint8)
+    tiles = to_uint8(images_N3HW)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, ncols)
+        grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tile.cpu()
+    return grid
+
+
+class SampleGrid(pl.Callback):
+    def __init__(self, every_n_validations: int = 1, ncols: int = 4, on_sanity_check: bool = False):
+        self.every_n_validations, self.ncols, self.on_sanity_check = (
+            every_n_validations,
+            ncols,
+            on_sanity_check,
+        )
+        self._count = 0
+        self.last_path: Path | None = None
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking and not self.on_sanity_check:
+            return
+        self._count += 1
+        if (self._count - 1) % self.every_n_validations:
+            return
+        outputs = getattr(pl_module, "validation_outputs", [])
+        if not outputs:
+            return
+        images = torch.cat([o["images"].float().cpu() for o in outputs])
+        prompts = [p for o in outputs for p in o["prompts"]]
+        grid = make_grid(images, self.ncols)
+        path = run_dir(trainer) / "samples" / f"step{trainer.global_step:06d}.png"
+        self.last_path = save_png(path, grid)
+        run = wandb_run(trainer)
+        if run is not None:
+            import wandb
+
+            run.log(
+                {
+                    "samples": [
+                        wandb.Image(to_uint8(im[None])[0].numpy(), caption=p)
+                        for im, p in zip(images, prompts)
+                    ],
+                    "trainer/global_step": trainer.global_step,
+                }
+            )

@@ -1,0 +1,486 @@
+"""`SubjectDataModule`: the few subject photos and the fixed prompts, served as precomputed batches.
+
+How it meets the frozen encoders. The VAE and T5 belong to the LightningModule (they are large and must not
+be loaded twice), so the data module does not take them as constructor arguments. Instead the module lends
+them once, typically in its `setup()`:
+
+    datamodule.attach_encoders(vae=self.vae, text_encoder=self.text_encoder, preset=self.preset)
+
+Lightning calls `datamodule.setup()` before the module's `setup()`, so `setup()` here only finds and validates
+the photos (bad input fails fast, before any model work). The cache is built lazily by the first
+`train_dataloader()` / `val_dataloader()` call, which Lightning makes after the model is on its device, so
+the encoders run on the accelerator; `build_cache()` may also be called directly (scripts, tests).
+
+Aspect ratios. With `aspect="square"` every photo is resized and centre-cropped to the square schedule.
+With `aspect="auto"` each photo keeps the official schedule nearest to its own h/w; a batch must share one
+schedule, so batches are drawn from one aspect group at a time (weighted by group size).
+
+Epochs. One epoch is `ceil(repeats * num_photos / batch_size)` batches; training length is best set with
+`trainer.max_steps`. With `augment_flip` / `augment_crop`, each photo has a fixed set of cached views
+(flipped, zoom-cropped) and every sample draws one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from varlit.data import dreambench
+from varlit.data.batches import PromptBatch, SubjectBatch
+from varlit.data.cache import TensorCache
+from varlit.data.images import DEFAULT_MAX_PIXELS, CropBox, uint8_to_pm1
+from varlit.data.precompute import (
+    Aspect,
+    Encoders,
+    ImageView,
+    PromptFeatures,
+    encode_prompts,
+    encode_views,
+    plan_views,
+    stack_prompts,
+)
+from varlit.data.subjects import (
+    PLACEHOLDER,
+    OnBadImage,
+    Subject,
+    SubjectError,
+    SubjectPhoto,
+    check_class_word,
+    load_subject_photos,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INSTANCE_TEMPLATE = "a photo of <placeholder> {class}"
+DEFAULT_CLASS_TEMPLATES = ("a photo of {class}",)
+# Sample-grid prompts (a few of DreamBench's, which cover background, pose and attribute changes).
+_VAL_COMMON = (
+    "a <placeholder> {class} on the beach",
+    "a <placeholder> {class} on top of a wooden floor",
+    "a <placeholder> {class} with a city in the background",
+)
+DEFAULT_VAL_PROMPTS_OBJECT = (*_VAL_COMMON, "a red <placeholder> {class}")
+DEFAULT_VAL_PROMPTS_LIVE = (*_VAL_COMMON, "a <placeholder> {class} wearing a santa hat")
+
+
+def fill_template(template: str, class_word: str) -> str:
+    """Put the class word into a prompt template (`{class}`; `<placeholder>` stays literal)."""
+    return template.replace("{class}", class_word)
+
+
+def default_cache_dir() -> Path:
+    return Path("~/.cache/varlit/tokens").expanduser()
+
+
+class _ViewDataset(Dataset):
+    """Index (view, class prompt) -> that pair; the collate function assembles the batch."""
+
+    def __init__(self, num_views: int):
+        self.num_views = num_views
+
+    def __len__(self) -> int:
+        return self.num_views
+
+    def __getitem__(self, index: tuple[int, int]) -> tuple[int, int]:
+        return index
+
+
+class GroupedBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of (view index, class-prompt index), every batch drawn from a single aspect group.
+
+    Batch k of a run (k = the trainer's global step when `step_fn` is given) is a pure function of
+    (seed, rank, k): a run resumed from a checkpoint draws exactly the batches the uninterrupted run
+    would have, whatever Lightning does with the interrupted epoch. Within a group, views are visited in
+    shuffled passes (each view equally often); the class prompt of each sample is uniform.
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[Sequence[int]],
+        batch_size: int,
+        num_batches: int,
+        num_class_prompts: int,
+        seed: int = 0,
+        step_fn: Callable[[], int] | None = None,
+        rank: int = 0,
+    ):
+        if not groups or any(not g for g in groups):
+            raise ValueError("every aspect group needs at least one view")
+        self.groups = [list(g) for g in groups]
+        self.batch_size = batch_size
+        self.num_batches = num_batches
+        self.num_class_prompts = num_class_prompts
+        self.seed = seed
+        self.step_fn = step_fn
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _gen(self, *key: int) -> torch.Generator:
+        value = self.seed
+        for k in (self.rank, *key):
+            value = (value * 1_000_003 + k + 1) % (2**62)
+        return torch.Generator().manual_seed(value)
+
+    def batch(self, k: int) -> list[tuple[int, int]]:
+        """The k-th batch of the run."""
+        sizes = torch.tensor([len(g) for g in self.groups], dtype=torch.float64)
+        gen = self._gen(0, k)
+        g = int(torch.multinomial(sizes, 1, generator=gen)) if len(self.groups) > 1 else 0
+        group = self.groups[g]
+        out = []
+        for b in range(self.batch_size):
+            i = k * self.batch_size + b  # sample counter; pass p visits every view of the group once
+            p, pos = divmod(i, len(group))
+            order = torch.randperm(len(group), generator=self._gen(1, g, p)).tolist()
+            cls = int(torch.randint(self.num_class_prompts, (1,), generator=gen))
+            out.append((group[order[pos]], cls))
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        start = self.step_fn() if self.step_fn is not None else self.epoch * self.num_batches
+        self.epoch += 1
+        for j in range(self.num_batches):
+            yield self.batch(start + j)
+
+
+class _Collate:
+    """Turns [(view index, class index)] into a `SubjectBatch` from the cached tensors."""
+
+    def __init__(self, views: list[ImageView], instance: PromptFeatures, classes: list[PromptFeatures]):
+        self.views = views
+        self.instance = instance
+        self.classes = classes
+
+    def __call__(self, items: list[tuple[int, int]]) -> SubjectBatch:
+        views = [self.views[v] for v, _ in items]
+        schedule = views[0].schedule
+        if any(v.schedule != schedule for v in views):
+            raise ValueError("a batch mixes aspect ratios; use GroupedBatchSampler")
+        instance_text, placeholder = stack_prompts([self.instance] * len(items))
+        class_feats = [self.classes[c] for _, c in items]
+        class_text, _ = stack_prompts(class_feats)
+        return SubjectBatch(
+            pixels_B3HW=uint8_to_pm1(torch.stack([v.pixels_3HW for v in views])),
+            z_BdHW=torch.stack([v.z_dhw for v in views]),
+            bits_BLd=torch.stack([v.bits_Ld for v in views]),
+            x_BLd_wo_prefix=torch.stack([v.x_Ld_wo_prefix for v in views]),
+            instance_text=instance_text,
+            instance_placeholder_B=placeholder,
+            class_text=class_text,
+            instance_prompts=[self.instance.prompt] * len(items),
+            class_prompts=[f.prompt for f in class_feats],
+            schedule=schedule,
+            vae_schedule=views[0].vae_schedule,
+            paths=[str(v.path) for v in views],
+        )
+
+
+def _identity(batch: PromptBatch) -> PromptBatch:
+    return batch
+
+
+class SubjectDataModule(LightningDataModule):
+    """Few-shot subject photos + fixed prompts, precomputed by the frozen encoders and cached on disk.
+
+    Choose the subject with `subject_dir` + `class_word` (your own photos) or `subject` (+ `dreambench_root`,
+    default `$VARLIT_DREAMBENCH_DIR` or `../shared/dreambench`) for a DreamBench subject. Templates put the
+    class word at `{class}`; `<placeholder>` marks the learned subject token. `pn` (pixel budget: 0.06M,
+    0.25M, 0.60M, 1M) defaults to the attached preset's; the resolution follows from it and the VAE stride.
+    `cache_dir` defaults to `~/.cache/varlit/tokens`.
+    """
+
+    def __init__(
+        self,
+        subject_dir: str | None = None,
+        class_word: str | None = None,
+        dreambench_root: str | None = None,
+        subject: str | None = None,
+        live: bool | None = None,
+        pn: str | None = None,
+        aspect: Aspect = "square",
+        instance_template: str = DEFAULT_INSTANCE_TEMPLATE,
+        class_templates: list[str] | None = None,
+        val_prompts: list[str] | None = None,
+        batch_size: int = 2,
+        val_batch_size: int = 4,
+        repeats: int = 100,
+        on_bad_image: OnBadImage = "error",
+        min_images: int = 3,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        augment_flip: bool = False,
+        augment_crop: bool = False,
+        crop_views: int = 4,
+        resample: Literal["bilinear", "bicubic", "lanczos"] = "bilinear",
+        cache_dir: str | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if (subject_dir is None) == (subject is None):
+            raise SubjectError(
+                "give exactly one subject: subject_dir + class_word (your photos) or subject (+ dreambench_root) "
+                f"for DreamBench; got subject_dir={subject_dir!r}, subject={subject!r}"
+            )
+        if on_bad_image not in ("error", "skip"):
+            raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        if aspect not in ("square", "auto"):
+            raise ValueError(f"aspect must be 'square' or 'auto', got {aspect!r}")
+        for name, value in (
+            ("batch_size", batch_size),
+            ("val_batch_size", val_batch_size),
+            ("repeats", repeats),
+            ("min_images", min_images),
+            ("max_image_pixels", max_image_pixels),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if crop_views < 0 or num_workers < 0:
+            raise ValueError(f"crop_views and num_workers must be >= 0, got {crop_views}, {num_workers}")
+        if subject_dir is not None:
+            check_class_word(class_word, f"subject_dir={subject_dir}")
+        if PLACEHOLDER not in instance_template:
+            log.warning(
+                "instance_template %r has no %s: the learned subject token is never used",
+                instance_template,
+                PLACEHOLDER,
+            )
+        self.save_hyperparameters()
+        self.subject_dir = subject_dir
+        self.class_word = class_word
+        self.dreambench_root = dreambench_root
+        self.subject_name = subject
+        self.live = live
+        self.pn = pn
+        self.aspect = aspect
+        self.instance_template = instance_template
+        self.class_templates = (
+            list(class_templates) if class_templates is not None else list(DEFAULT_CLASS_TEMPLATES)
+        )
+        if not self.class_templates:
+            raise ValueError("class_templates is empty; prior distillation needs at least one class prompt")
+        self.val_templates = val_prompts
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.repeats = repeats
+        self.on_bad_image = on_bad_image
+        self.min_images = min_images
+        self.max_image_pixels = max_image_pixels
+        self.augment_flip = augment_flip
+        self.augment_crop = augment_crop
+        self.crop_views = crop_views
+        self.resample = resample
+        self.cache = TensorCache(cache_dir if cache_dir is not None else default_cache_dir())
+        self.num_workers = num_workers
+        self.seed = seed
+        self.batches_consumed = 0  # training batches used so far (drives the batch order; checkpointed)
+
+        self.subject: Subject | None = None
+        self.photos: list[SubjectPhoto] = []
+        self.encoders: Encoders | None = None
+        self.views: list[ImageView] = []
+        self.prompt_features: dict[str, PromptFeatures] = {}
+
+    # ------------------------------------------------------------------ subject and prompts
+
+    def resolve_subject(self) -> Subject:
+        if self.subject_dir is not None:
+            folder = Path(self.subject_dir).expanduser()
+            word = check_class_word(self.class_word, f"subject_dir={folder}")
+            return Subject(name=folder.name, class_word=word, folder=folder, live=bool(self.live))
+        root = Path(self.dreambench_root) if self.dreambench_root else dreambench.default_root()
+        found = dreambench.dreambench_subject(root, self.subject_name, live=self.live)
+        if self.class_word:
+            found = Subject(
+                found.name, check_class_word(self.class_word, "class_word"), found.folder, found.live
+            )
+        return found
+
+    def _require_subject(self) -> Subject:
+        if self.subject is None:
+            self.setup("fit")
+        assert self.subject is not None
+        return self.subject
+
+    @property
+    def instance_prompt(self) -> str:
+        return fill_template(self.instance_template, self._require_subject().class_word)
+
+    @property
+    def class_prompts(self) -> list[str]:
+        return [fill_template(t, self._require_subject().class_word) for t in self.class_templates]
+
+    @property
+    def val_prompts(self) -> list[str]:
+        subject = self._require_subject()
+        templates = self.val_templates
+        if templates is None:
+            templates = DEFAULT_VAL_PROMPTS_LIVE if subject.live else DEFAULT_VAL_PROMPTS_OBJECT
+        return [fill_template(t, subject.class_word) for t in templates]
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def setup(self, stage: str | None = None) -> None:
+        """Find and validate the photos (no model work); safe to call more than once."""
+        if self.subject is not None:
+            return
+        subject = self.resolve_subject()
+        self.photos = load_subject_photos(
+            subject.folder, self.on_bad_image, min_images=self.min_images, max_pixels=self.max_image_pixels
+        )
+        self.subject = subject
+        if self.batch_size > len(self.photos):
+            log.warning(
+                "batch_size %d exceeds the %d photos: batches will repeat photos",
+                self.batch_size,
+                len(self.photos),
+            )
+        log.info(
+            "subject %s (%s, %s): %d photo(s) from %s",
+            subject.name,
+            subject.class_word,
+            "live" if subject.live else "object",
+            len(self.photos),
+            subject.folder,
+        )
+
+    def attach_encoders(
+        self,
+        vae: torch.nn.Module,
+        text_encoder: torch.nn.Module,
+        preset: object,
+        vae_id: str | None = None,
+        text_encoder_id: str | None = None,
+    ) -> None:
+        """Lend the frozen VAE and T5 (and the model preset); ids default to weight fingerprints."""
+        self.encoders = Encoders.create(
+            vae, text_encoder, preset, vae_id=vae_id, text_encoder_id=text_encoder_id
+        )
+        self.views = []
+        self.prompt_features = {}
+
+    def build_cache(self) -> None:
+        """Load every view and prompt encoding from the cache, building the missing ones."""
+        if self.encoders is None:
+            raise RuntimeError(
+                "SubjectDataModule has no encoders: call datamodule.attach_encoders(vae=..., text_encoder=..., "
+                "preset=...) (the LightningModule does this in its setup()) before asking for dataloaders"
+            )
+        if self.views and self.prompt_features:
+            return
+        self.setup("fit")
+        pn = self.pn or self.encoders.preset.pn
+        before = (self.cache.stats.hits, self.cache.stats.misses)
+        t0 = time.perf_counter()
+        plans = plan_views(
+            self.photos,
+            self.aspect,
+            self.augment_flip,
+            self.crop_views if self.augment_crop else 0,
+            seed=self.seed,
+        )
+        self.views = encode_views(plans, self.encoders, self.cache, pn, self.resample)
+        prompts = [self.instance_prompt, *self.class_prompts, *self.val_prompts]
+        self.prompt_features = encode_prompts(prompts, self.encoders, self.cache)
+        stack_prompts([self.prompt_features[p] for p in prompts])  # fails early on a doubled placeholder
+        hits, misses = self.cache.stats.hits - before[0], self.cache.stats.misses - before[1]
+        log.info(
+            "token cache %s: %d hit(s), %d built, %.2fs",
+            self.cache.root,
+            hits,
+            misses,
+            time.perf_counter() - t0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.build_cache()
+        groups: dict[tuple, list[int]] = {}
+        for i, view in enumerate(self.views):
+            groups.setdefault(tuple(view.schedule), []).append(i)
+        num_batches = math.ceil(self.repeats * len(self.photos) / self.batch_size)
+        trainer = getattr(self, "_trainer", None)
+        sampler = GroupedBatchSampler(
+            list(groups.values()),
+            self.batch_size,
+            num_batches,
+            len(self.class_templates),
+            seed=self.seed,
+            step_fn=lambda: self.batches_consumed,
+            rank=trainer.global_rank if trainer is not None else 0,
+        )
+        collate = _Collate(
+            self.views,
+            self.prompt_features[self.instance_prompt],
+            [self.prompt_features[p] for p in self.class_prompts],
+        )
+        return DataLoader(
+            _ViewDataset(len(self.views)),
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.build_cache()
+        batches = self.prompt_batches(self.val_prompts, self.val_batch_size)
+        if not batches:
+            return []
+        return DataLoader(batches, batch_size=None, collate_fn=_identity)
+
+    # ------------------------------------------------------------------ resumable batch order
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Counts training batches as they are *used* (prefetched ones do not count)."""
+        trainer = getattr(self, "_trainer", None)
+        if isinstance(batch, SubjectBatch) and trainer is not None and trainer.training:
+            self.batches_consumed += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in Lightning checkpoints: a resumed run continues with the batch it would have drawn next."""
+        return {"batches_consumed": self.batches_consumed}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.batches_consumed = int(state_dict.get("batches_consumed", 0))
+
+    # ------------------------------------------------------------------ for the module and callbacks
+
+    def prompt_batches(self, prompts: Sequence[str], batch_size: int) -> list[PromptBatch]:
+        """Cached (or freshly cached) prompts in `PromptBatch`es on the square schedule."""
+        self.build_cache()
+        assert self.encoders is not None
+        missing = [p for p in prompts if p not in self.prompt_features]
+        if missing:
+            self.prompt_features.update(encode_prompts(missing, self.encoders, self.cache))
+        schedule = self.encoders.preset.schedule(1.0, self.pn or self.encoders.preset.pn)
+        vae_schedule = self.encoders.preset.vae_schedule(schedule)
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start : start + batch_size])
+            text, placeholder = stack_prompts([self.prompt_features[p] for p in chunk])
+            out.append(PromptBatch(chunk, text, placeholder, schedule, vae_schedule))
+        return out
+
+    def class_prompt_batch(self) -> PromptBatch:
+        """All class-prior prompts with their features (e.g. to pre-sample a prior bank)."""
+        return self.prompt_batches(self.class_prompts, len(self.class_prompts))[0]
+
+    def reference_pixels(self) -> list[torch.Tensor]:
+        """The un-augmented preprocessed photos, [3, H, W] in [-1, 1] (for DINO / CLIP-I references)."""
+        self.build_cache()
+        plain = [v for v in self.views if v.box == CropBox()]
+        return [uint8_to_pm1(v.pixels_3HW) for v in plain]

@@ -1,0 +1,116 @@
+"""Subject adapters: the tuned tensors, the subject embedding and the run's config in one safetensors file.
+
+The base model is not in the file; `load_adapter` puts the tensors onto an already loaded base, so one
+in-memory base serves many subjects (`restore_base` undoes an adapter without reloading anything).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..io import atomic_write
+from ..models.loading import CheckpointError
+from .subject_embedding import PLACEHOLDER, SubjectEmbedding
+
+if TYPE_CHECKING:
+    from ..pipeline import Pipeline
+
+FORMAT = "varlit-adapter/1"
+EMBEDDING_KEY = "subject_embedding.vectors"
+MODEL_PREFIX = "model."
+
+
+@dataclass
+class Adapter:
+    tensors: dict[str, torch.Tensor]  # student names (no prefix) -> tuned values
+    subject_vectors: torch.Tensor | None
+    meta: dict[str, Any]
+
+
+def save_adapter(
+    path: str | os.PathLike,
+    model_tensors: dict[str, torch.Tensor],
+    subject_vectors: torch.Tensor | None,
+    meta: dict[str, Any],
+) -> Path:
+    tensors = {MODEL_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in model_tensors.items()}
+    if subject_vectors is not None:
+        tensors[EMBEDDING_KEY] = subject_vectors.detach().to("cpu", torch.float32).contiguous()
+    header = {"format": FORMAT, "meta": json.dumps(meta, default=str)}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def read_adapter(path: str | os.PathLike) -> Adapter:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"adapter not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for truncated/garbled files
+        raise CheckpointError(f"{path}: cannot read adapter ({type(err).__name__}: {err})") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a varlit adapter (format {header.get('format')!r})")
+    model = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    return Adapter(model, tensors.get(EMBEDDING_KEY), json.loads(header.get("meta", "{}")))
+
+
+def apply_adapter_tensors(
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
+    """Copy tuned tensors into the model in place; returns the previous values (to restore the base)."""
+    own = dict(model.named_parameters()) | dict(model.named_buffers())
+    unknown = [k for k in tensors if k not in own]
+    bad = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in tensors.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if unknown or bad:
+        raise CheckpointError(
+            f"{source} does not fit this base model: "
+            + "; ".join(
+                filter(
+                    None,
+                    [
+                        f"unknown tensors: {', '.join(unknown[:5])}" if unknown else "",
+                        f"wrong shapes: {', '.join(bad[:5])}" if bad else "",
+                    ],
+                )
+            )
+        )
+    previous = {}
+    with torch.no_grad():
+        for k, v in tensors.items():
+            previous[k] = own[k].detach().clone()
+            own[k].copy_(v.to(own[k].device, own[k].dtype))
+    return previous
+
+
+def load_adapter(pipe: Pipeline, path: str | os.PathLike) -> Adapter:
+    """Apply an adapter to a loaded pipeline: tuned tensors in place, subject vectors for `<placeholder>`."""
+    adapter = read_adapter(path)
+    base = adapter.meta.get("preset")
+    if base and base != pipe.preset.name:
+        raise CheckpointError(
+            f"{path}: adapter was trained on preset {base!r}, the pipeline is {pipe.preset.name!r}"
+        )
+    if pipe.base_backup:
+        pipe.restore_base()
+    pipe.base_backup = apply_adapter_tensors(pipe.model, adapter.tensors, str(path))
+    if adapter.subject_vectors is not None:
+        emb = SubjectEmbedding(adapter.subject_vectors.shape[0], adapter.subject_vectors.shape[1])
+        emb.vectors.data.copy_(adapter.subject_vectors)
+        pipe.set_subject(emb.to(pipe.device), adapter.meta.get("placeholder", PLACEHOLDER))
+    else:
+        pipe.set_subject(None, None)
+    return adapter
