@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from .callbacks.adapter import AdapterCheckpoint
+from .callbacks.run_summary import RunSummary
 from .callbacks.samples import SampleGrid
 from .callbacks.scale_losses import PerScaleLosses
 from .data.datamodule import SubjectDataModule
@@ -72,6 +73,7 @@ class VarlitCLI(LightningCLI):
             AdapterCheckpoint(),
             SampleGrid(),
             PerScaleLosses(),
+            RunSummary(),
         ]
         config["callbacks"] = given + [c for c in defaults if not any(issubclass(h, type(c)) for h in have)]
         return super()._instantiate_trainer(config, [])

@@ -132,6 +132,7 @@ class SubjectTuningModule(pl.LightningModule):
         frozen_dtype: str = "float32",
         val_sampling: SamplingConfig = DEFAULT_VAL_SAMPLING,
         val_seed: int = 0,
+        val_class_samples: int = 4,
         seed: int = 0,
         arbooth_compat: bool = False,
     ):
@@ -153,6 +154,7 @@ class SubjectTuningModule(pl.LightningModule):
             frozen_dtype: float32 | bfloat16 | auto (bf16 on GPU under bf16-mixed): dtype of frozen weights.
             val_sampling: sampling settings of validation grids.
             val_seed: seed of validation grids.
+            val_class_samples: samples of the bare class prompt per validation (drift metric PRES).
             seed: seed of everything random in a step (flips, teacher samples, dropout), per step.
             arbooth_compat: the released code's choices (joint-softmax KL, alternating steps).
         """
@@ -217,6 +219,8 @@ class SubjectTuningModule(pl.LightningModule):
         self._bank: PriorBank | None = None
         self._class_text: TextBatch | None = None
         self.validation_outputs: list[dict[str, Any]] = []
+        self._validation_samples = None
+        self.val_class_samples = val_class_samples
 
     # ------------------------------------------------------------------------------------------ config
 
@@ -610,6 +614,7 @@ class SubjectTuningModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.validation_outputs = []
+        self._validation_samples = None
 
     def _validation_losses(self) -> None:
         """Instance (and prior) losses without flipping or dropout, per scale, on the first subject batch."""
@@ -628,8 +633,30 @@ class SubjectTuningModule(pl.LightningModule):
             logs.update({f"val/prior_kl_scale{k:02d}": v for k, v in enumerate(prior_scales)})
         self.log_dict(logs, batch_size=len(batch))
 
-    def generate_validation_samples(self) -> list[dict[str, Any]]:
-        return self.validation_outputs
+    def generate_validation_samples(self):
+        """This validation's samples for the metrics callback: the grid prompts, the subject photos and
+        samples of the bare class prompt from the tuned model (for PRES); generated once per validation."""
+        from .eval.metrics import SubjectSamples
+
+        if self._validation_samples is not None:
+            return self._validation_samples
+        if not self.validation_outputs:
+            raise RuntimeError("no validation samples yet: run a validation epoch first")
+        dm = self.trainer.datamodule
+        images = torch.cat([o["images"] for o in self.validation_outputs])
+        prompts = [p for o in self.validation_outputs for p in o["prompts"]]
+        texts = [
+            p.replace(PLACEHOLDER, "").replace("  ", " ").strip() for p in prompts
+        ]  # CLIP cannot read it
+        class_images = None
+        if self.val_class_samples > 0:
+            pb = dm.class_prompt_batch().to(self.device)
+            reps = -(-self.val_class_samples // len(pb))
+            text = TextBatch.cat([pb.text] * reps).index(slice(0, self.val_class_samples))
+            class_images = self.generate(text, None, pb.schedule, seed=self.val_seed + 1).images_B3HW
+        reference = [r.to(self.device) for r in dm.reference_pixels()]
+        self._validation_samples = SubjectSamples(images, prompts, reference, class_images, texts)
+        return self._validation_samples
 
     # ------------------------------------------------------------------------------------------ adapters
 
