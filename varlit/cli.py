@@ -55,10 +55,20 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
 
         return run_function(sample_images, argv, "varlit sample")
 
+    def data(argv: list[str]) -> object:
+        if not argv or argv[0] != "dreambench":
+            raise ValueError("usage: varlit data dreambench --out DIR [--url URL] [--force]")
+        from .data.dreambench import main as dreambench_main
+
+        code = dreambench_main(argv[1:])
+        if code:
+            raise SystemExit(code)
+        return code
+
     lightning = {
         name: (lambda argv, name=name: run_lightning([name, *argv])) for name in ("fit", "validate", "test")
     }
-    return {"sample": sample, **lightning}
+    return {"sample": sample, "data": data, **lightning}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -57,7 +57,8 @@ class VarlitCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunConfig, "run")
-        parser.set_defaults({"trainer.max_steps": 500})
+        # The data module draws per-rank batches itself (resumable order); Lightning must not wrap it.
+        parser.set_defaults({"trainer.max_steps": 500, "trainer.use_distributed_sampler": False})
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         run: RunConfig = self._get(self.config_init, "run")

@@ -99,8 +99,8 @@ def _check_choice(value: str, choices: tuple[str, ...], where: str) -> None:
         raise ValueError(f"{where}: unknown value {value!r}; choose one of {', '.join(choices)}")
 
 
-def _step_seed(seed: int, step: int, stream: int) -> int:
-    return (seed * 1_000_003 + step * 7_919 + stream) % (2**63 - 1)
+def _step_seed(seed: int, step: int, stream: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + step * 7_919 + stream * 101 + rank * 1_000_000_007) % (2**63 - 1)
 
 
 # Read-only default configs (shared instances; the module never mutates its configs).
@@ -524,7 +524,7 @@ class SubjectTuningModule(pl.LightningModule):
 
     def _generator(self, stream: int) -> torch.Generator:
         g = torch.Generator(device=self.device)
-        g.manual_seed(_step_seed(self.seed, self.global_step, stream))
+        g.manual_seed(_step_seed(self.seed, self.global_step, stream, self.global_rank))
         return g
 
     def _optimizer_step(self, loss: torch.Tensor) -> None:
@@ -541,7 +541,7 @@ class SubjectTuningModule(pl.LightningModule):
         # Every random draw of a step comes from seeds of (seed, step): a resumed run repeats the same steps.
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(_step_seed(self.seed, self.global_step, 0))
+            torch.manual_seed(_step_seed(self.seed, self.global_step, 0, self.global_rank))
             return self._training_step(batch)
 
     def _training_step(self, batch) -> torch.Tensor:
@@ -631,7 +631,7 @@ class SubjectTuningModule(pl.LightningModule):
             l_prior, prior_scales = self.prior_loss(pb, text, batch.schedule)
             logs["val/prior_loss"] = l_prior
             logs.update({f"val/prior_kl_scale{k:02d}": v for k, v in enumerate(prior_scales)})
-        self.log_dict(logs, batch_size=len(batch))
+        self.log_dict(logs, batch_size=len(batch), sync_dist=True)
 
     def generate_validation_samples(self):
         """This validation's samples for the metrics callback: the grid prompts, the subject photos and
