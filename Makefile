@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format demo clean
+.PHONY: help install test test-all lint format demo clean bench dreambench
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -45,3 +45,9 @@ demo: install ## the main job on the embedded default (tiny random model, CPU, o
 	$(BIN)/varlit sample --preset tiny --out_dir $(DEMO_DIR)/samples \
 		--prompts '["a photo of a dog on the beach", "a red backpack in the snow"]' --seeds '[0, 1]'
 	@echo "demo: images in $(DEMO_DIR)/samples (random-initialised tiny model, so expect noise)"
+
+bench: install ## speed and memory benchmarks on random weights (tiny on CPU; see bench/RESULTS.md)
+	$(BIN)/varlit bench $(BENCH_ARGS)
+
+dreambench: install ## download DreamBench (google/dreambooth) into DIR (default data/dreambench)
+	$(BIN)/varlit data dreambench --out $(or $(DIR),data/dreambench)

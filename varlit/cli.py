@@ -55,6 +55,11 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
 
         return run_function(sample_images, argv, "varlit sample")
 
+    def bench(argv: list[str]) -> object:
+        from .bench import run_bench
+
+        return run_function(run_bench, argv, "varlit bench")
+
     def data(argv: list[str]) -> object:
         if not argv or argv[0] != "dreambench":
             raise ValueError("usage: varlit data dreambench --out DIR [--url URL] [--force]")
@@ -68,7 +73,7 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
     lightning = {
         name: (lambda argv, name=name: run_lightning([name, *argv])) for name in ("fit", "validate", "test")
     }
-    return {"sample": sample, "data": data, **lightning}
+    return {"sample": sample, "data": data, "bench": bench, **lightning}
 
 
 def main(argv: list[str] | None = None) -> None:

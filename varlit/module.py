@@ -130,6 +130,7 @@ class SubjectTuningModule(pl.LightningModule):
         optim: OptimConfig = DEFAULT_OPTIM,
         gradient_checkpointing: bool = False,
         frozen_dtype: str = "float32",
+        init_device: str = "cpu",
         val_sampling: SamplingConfig = DEFAULT_VAL_SAMPLING,
         val_seed: int = 0,
         val_class_samples: int = 4,
@@ -152,6 +153,7 @@ class SubjectTuningModule(pl.LightningModule):
             optim: AdamW settings, joint or alternating updates, clipping.
             gradient_checkpointing: recompute each block in backward (less memory, ~30% more time).
             frozen_dtype: float32 | bfloat16 | auto (bf16 on GPU under bf16-mixed): dtype of frozen weights.
+            init_device: where the base model is built or loaded (e.g. cuda: no host copy of a 2B model).
             val_sampling: sampling settings of validation grids.
             val_seed: seed of validation grids.
             val_class_samples: samples of the bare class prompt per validation (drift metric PRES).
@@ -197,7 +199,7 @@ class SubjectTuningModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold only the trainable tensors
 
         student, vae = load_base(
-            self.preset, weights, vae_weights, torch.device("cpu"), torch.float32, init_seed
+            self.preset, weights, vae_weights, torch.device(init_device), torch.float32, init_seed
         )
         self.student: Infinity = student
         self.student.gradient_checkpointing = gradient_checkpointing
@@ -221,6 +223,7 @@ class SubjectTuningModule(pl.LightningModule):
         self.validation_outputs: list[dict[str, Any]] = []
         self._validation_samples = None
         self.val_class_samples = val_class_samples
+        self._standalone_optimizer: torch.optim.Optimizer | None = None
 
     # ------------------------------------------------------------------------------------------ config
 
@@ -302,7 +305,7 @@ class SubjectTuningModule(pl.LightningModule):
     def _cast_frozen(self) -> None:
         want = self.frozen_dtype
         if want == "auto":
-            precision = str(getattr(self.trainer, "precision", "32"))
+            precision = str(getattr(self._trainer, "precision", "32"))
             want = "bfloat16" if (self.device.type == "cuda" and "bf16" in precision) else "float32"
         dtype = resolve_dtype(want, self.device)
         for name, p in self.student.named_parameters():
@@ -436,7 +439,8 @@ class SubjectTuningModule(pl.LightningModule):
         )
 
     def _autocast_bf16(self) -> bool:
-        return self.device.type == "cuda" and "bf16" in str(getattr(self.trainer, "precision", ""))
+        default = "bf16-mixed" if self.device.type == "cuda" else "32"  # no trainer: benchmarks
+        return self.device.type == "cuda" and "bf16" in str(getattr(self._trainer, "precision", default))
 
     def _class_prompts_text(self) -> tuple[TextBatch, list]:
         dm = self.trainer.datamodule
@@ -528,6 +532,15 @@ class SubjectTuningModule(pl.LightningModule):
         return g
 
     def _optimizer_step(self, loss: torch.Tensor) -> None:
+        if self._standalone_optimizer is not None:  # no Trainer (benchmarks)
+            opt = self._standalone_optimizer
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.optim_cfg.grad_clip is not None:
+                params = [p for g in opt.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
+            opt.step()
+            return
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -536,6 +549,12 @@ class SubjectTuningModule(pl.LightningModule):
                 opt, gradient_clip_val=self.optim_cfg.grad_clip, gradient_clip_algorithm="norm"
             )
         opt.step()
+
+    def training_step_for_bench(self, batch) -> torch.Tensor:
+        """One full iteration without a Trainer (see `build_bench_module`): same maths, no logging."""
+        if self._standalone_optimizer is None:
+            self._standalone_optimizer = self.configure_optimizers()
+        return self._training_step(batch)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         # Every random draw of a step comes from seeds of (seed, step): a resumed run repeats the same steps.
@@ -571,8 +590,9 @@ class SubjectTuningModule(pl.LightningModule):
             logs["train/prior_loss"] = l_prior.detach()
             for k, v in enumerate(prior_scales.detach()):
                 logs[f"train/prior_kl_scale{k:02d}"] = v
-        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=len(batch))
-        self.log("loss", total.detach(), prog_bar=True, on_step=True, logger=False, batch_size=len(batch))
+        if self._trainer is not None:
+            self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=len(batch))
+            self.log("loss", total.detach(), prog_bar=True, on_step=True, logger=False, batch_size=len(batch))
         self.last_step_losses = {
             "inst_scales": inst_scales.detach(),
             "prior_scales": None if prior_scales is None else prior_scales.detach(),
@@ -677,3 +697,74 @@ class SubjectTuningModule(pl.LightningModule):
         }
         vectors = self.subject_embedding.vectors if self.subject_embedding is not None else None
         return save_adapter(path, self.adapter_tensors(), vectors, meta)
+
+
+class _InMemoryBank:
+    """A prior bank held in memory (benchmarks): the same `len` / `batch(indices)` as `PriorBank`."""
+
+    def __init__(self, samples: PriorBatch):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return self.samples.bits_BLd.shape[0]
+
+    def batch(self, indices: torch.Tensor) -> PriorBatch:
+        s = self.samples
+        idx = indices.to(s.bits_BLd.device)
+        return PriorBatch(s.prompt_index_B[idx], s.bits_BLd[idx], s.x_BLd_wo_prefix[idx], s.logits_BLV[idx])
+
+
+def build_bench_module(
+    preset: str,
+    prior_source: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch_size: int,
+    pn: str | None = None,
+    text_len: int = 24,
+    gradient_checkpointing: bool | None = None,
+) -> tuple[SubjectTuningModule, Any]:
+    """A ready module with random weights on `device` and a synthetic batch, for timing one iteration
+    (`module.training_step_for_bench(batch)`) without a Trainer, data or downloads."""
+    from .data.batches import SubjectBatch
+    from .models.quantizer import multiscale_quantize
+
+    device = torch.device(device)
+    m = SubjectTuningModule(
+        preset=preset,
+        prior=PriorConfig(source=prior_source),
+        gradient_checkpointing=bool(gradient_checkpointing),
+        frozen_dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
+        init_device=str(device),
+    )
+    m.to(device)
+    m._cast_frozen()
+    m._move_frozen()
+    p = m.preset
+    schedule = p.schedule(1.0, pn)
+    vae_schedule = p.vae_schedule(schedule)
+    g = torch.Generator().manual_seed(0)
+    H, W = vae_schedule[-1]
+    z = torch.randn(batch_size, p.vae.codebook_dim, H, W, generator=g)
+    q = multiscale_quantize(z, vae_schedule, p.patchify)
+    feats = torch.randn(batch_size, text_len, p.infinity.text_channels, generator=g) * 0.2
+    lengths = torch.full((batch_size,), text_len)
+    batch = SubjectBatch(
+        pixels_B3HW=torch.zeros(batch_size, 3, H * p.vae.patch_size, W * p.vae.patch_size),
+        z_BdHW=z,
+        bits_BLd=q.bits_BLd,
+        x_BLd_wo_prefix=q.x_BLd_wo_prefix,
+        instance_text=TextBatch(feats, lengths),
+        instance_placeholder_B=torch.full((batch_size,), min(3, text_len - 1)),
+        class_text=TextBatch(feats[:, :-1].contiguous(), lengths - 1),
+        instance_prompts=["bench"] * batch_size,
+        class_prompts=["bench"] * batch_size,
+        schedule=schedule,
+        vae_schedule=vae_schedule,
+    ).to(device)
+    if prior_source == "bank":
+        gen = torch.Generator(device=device).manual_seed(1)
+        m._bank = _InMemoryBank(m.teacher_samples(batch.class_text, schedule, gen))
+        m._class_text = batch.class_text
+        m._release_teacher()
+    return m, batch

@@ -56,11 +56,11 @@ def load_base(
     weights = weights or p.weights
     vae_weights = vae_weights or p.vae_weights
     random_init = (weights is None) if random_init is None else random_init
-    if random_init:
-        with torch.random.fork_rng(devices=[]):
+    if random_init:  # built where it will run: no host copy of a large random model
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(init_seed)
-            model, vae = p.build("cpu")
-        return model.to(device, dtype), vae.to(device)
+            model, vae = p.build(device)
+        return model.to(dtype), vae
     model, vae = p.build("meta")
     load_checkpoint(model, weights, p.hf_repo, dtype=dtype, device=device)
     if vae_weights is None:
