@@ -61,6 +61,12 @@ def test_fit_writes_the_run_folder_and_resumes(tmp_path, capsys):
     metrics = (run / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "train/inst_loss_scale00" in metrics and "train/prior_kl_scale06" in metrics
 
+    # the adapter drives `varlit sample` on top of the base model
+    out = tmp_path / "samples"
+    main(["sample", "--adapter", str(run / "adapter.safetensors"), "--prompts", '["a photo of <placeholder> toy"]', "--out_dir", str(out)])
+    assert len(list(out.glob("*.png"))) == 1
+    assert json.loads((out / "samples.json").read_text())["adapter"].endswith("adapter.safetensors")
+
     # resume: continue the same run to 5 steps from its last checkpoint
     main(_args(tmp_path, "t", 5, "--ckpt_path", "last"))
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

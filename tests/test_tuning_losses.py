@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from varlit.models.schedules import get_schedule
 from varlit.tuning.losses import (
     arbooth_joint_kl,
     argmax_bits,
@@ -18,18 +19,7 @@ from varlit.tuning.losses import (
 )
 from varlit.tuning.scale_weights import ScaleWeights, per_scale_weights, per_token_weights
 
-SCHED_1M = [
-    (1, 1),
-    (2, 2),
-    (4, 4),
-    (6, 6),
-    (8, 8),
-    (12, 12),
-    (16, 16),
-    (20, 20),
-    (24, 24),
-    (32, 32),
-]  # 10 scales
+SCHED_1M = get_schedule(1.0, "0.25M")  # 10 scales
 SMALL = [(1, 1), (2, 2), (3, 3)]  # 14 tokens
 
 
