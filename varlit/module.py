@@ -265,8 +265,12 @@ class SubjectTuningModule(pl.LightningModule):
     @property
     def text_encoder(self) -> TextEncoder:
         if self._frozen["text_encoder"] is None:
+            # float16 on GPU like the released inference code, so cached features match `varlit sample`
+            on_gpu = self._trainer is not None and self._trainer.strategy.root_device.type == "cuda"
             te = TextEncoder.from_pretrained(
-                self._text_encoder_id, max_length=self.preset.infinity.text_maxlen
+                self._text_encoder_id,
+                dtype=torch.float16 if on_gpu else torch.float32,
+                max_length=self.preset.infinity.text_maxlen,
             )
             te.add_token(PLACEHOLDER)
             self._frozen["text_encoder"] = te
@@ -322,7 +326,7 @@ class SubjectTuningModule(pl.LightningModule):
                 text_encoder=self.text_encoder,
                 preset=self.preset,
                 vae_id=self._base_id("vae"),
-                text_encoder_id=self._text_encoder_id,
+                text_encoder_id=f"{self._text_encoder_id}@{self.text_encoder.encoder.dtype}",
             )
 
     def _base_id(self, part: str) -> str:

@@ -98,7 +98,11 @@ class Pipeline:
         model, vae = load_base(
             p, weights, vae_weights, dev, resolve_dtype(dtype, dev), init_seed, random_init
         )
-        te = TextEncoder.from_pretrained(text_encoder or p.text_encoder, max_length=p.infinity.text_maxlen)
+        # The released inference code runs T5 in float16 on GPU; float32 on CPU.
+        te_dtype = torch.float16 if dev.type == "cuda" else torch.float32
+        te = TextEncoder.from_pretrained(
+            text_encoder or p.text_encoder, dtype=te_dtype, max_length=p.infinity.text_maxlen
+        )
         te.to(dev)
         return cls(p, model.eval().requires_grad_(False), vae.eval().requires_grad_(False), te)
 

@@ -97,7 +97,8 @@ class TextEncoder(nn.Module):
             name_or_path
         )
         try:
-            tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_only)
+            # legacy=True: the T5 tokenisation the released models were run with
+            tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_only, legacy=True)
             enc = T5EncoderModel.from_pretrained(name_or_path, dtype=dtype, local_files_only=local_only)
         except OSError as err:
             raise offline_hint(name_or_path, err) from None
