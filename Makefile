@@ -40,14 +40,48 @@ clean: ## remove caches and run outputs (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache
 
 DEMO_DIR ?= runs/demo
+DEMO_PROMPTS ?= '["a photo of <placeholder> toy on the beach", "a photo of <placeholder> toy in the snow"]'
 
-demo: install ## the main job on the embedded default (tiny random model, CPU, offline)
-	$(BIN)/varlit sample --preset tiny --out_dir $(DEMO_DIR)/samples \
-		--prompts '["a photo of a dog on the beach", "a red backpack in the snow"]' --seeds '[0, 1]'
-	@echo "demo: images in $(DEMO_DIR)/samples (random-initialised tiny model, so expect noise)"
+demo: install ## the whole loop on the embedded default: fit, sample, eval (tiny random model, CPU, offline)
+	$(BIN)/varlit fit --config experiments/tiny.yaml
+	$(BIN)/varlit sample --adapter runs/tiny/adapter.safetensors --prompts $(DEMO_PROMPTS) \
+		--seeds '[0, 1]' --out_dir $(DEMO_DIR)/samples
+	$(BIN)/varlit eval --config experiments/tiny.yaml --out $(DEMO_DIR)/eval
+	@echo ""
+	@echo "demo done (random-initialised tiny model: the pictures are noise, the numbers are not results)"
+	@echo "  training grids:  runs/tiny/samples/"
+	@echo "  adapter:         runs/tiny/adapter.safetensors"
+	@echo "  samples:         $(DEMO_DIR)/samples/"
+	@echo "  metrics:         $(DEMO_DIR)/eval/metrics.md (and metrics.json, metrics.csv, grids/)"
 
 bench: install ## speed and memory benchmarks on random weights (tiny on CPU; see bench/RESULTS.md)
 	$(BIN)/varlit bench $(BENCH_ARGS)
 
 dreambench: install ## download DreamBench (google/dreambooth) into DIR (default data/dreambench)
 	$(BIN)/varlit data dreambench --out $(or $(DIR),data/dreambench)
+# ---- ablation sweeps (python -m varlit.sweeps; README "Ablation sweeps") ------------------------------
+# CONFIG: the experiment config; SUBJECTS: DreamBench names ("dog cat", or "all"), empty = the config's own
+# subject (dog for dreambench.yaml, the bundled toy for tiny.yaml); STEPS: trainer.max_steps (empty = the
+# config's); ROOT: runs go to $(ROOT)/<sweep>/<subject>/<variant>/; ARGS: passed to every fit/eval, e.g.
+# ARGS='--data.cache_dir=/fast/cache --eval.seeds=[0,1]'.
+CONFIG ?= experiments/dreambench.yaml
+SUBJECTS ?=
+STEPS ?=
+ROOT ?= runs
+ARGS ?=
+sweep_run = $(BIN)/python -m varlit.sweeps run $(1) --config $(CONFIG) --root $(ROOT) \
+	$(if $(strip $(SUBJECTS)),--subjects "$(SUBJECTS)") $(if $(strip $(STEPS)),--steps $(STEPS)) \
+	$(if $(strip $(ARGS)),-- $(ARGS))
+
+.PHONY: ablate-layers ablate-scales ablate-distill ablate-all
+
+ablate-layers: install ## layer selection (all, sa, ca, ffn, ca+ffn, early/late half) -> $(ROOT)/ablate-layers/summary.*
+	$(call sweep_run,ablate-layers)
+
+ablate-scales: install ## scale weights (uniform, arbooth, inverse_sqrt_area, explicit) -> $(ROOT)/ablate-scales/summary.*
+	$(call sweep_run,ablate-scales)
+
+ablate-distill: install ## prior distillation (none, soft 0.1/0.5/1, hard, bank) -> $(ROOT)/ablate-distill/summary.*
+	$(call sweep_run,ablate-distill)
+
+ablate-all: ablate-layers ablate-scales ablate-distill ## the three ablations in turn

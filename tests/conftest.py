@@ -34,3 +34,14 @@ def tiny_pipeline():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _close_wandb_runs():
+    """In-process CLI runs leave wandb's global run open (a real process would exit); close it."""
+    yield
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()

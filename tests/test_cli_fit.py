@@ -63,7 +63,17 @@ def test_fit_writes_the_run_folder_and_resumes(tmp_path, capsys):
 
     # the adapter drives `varlit sample` on top of the base model
     out = tmp_path / "samples"
-    main(["sample", "--adapter", str(run / "adapter.safetensors"), "--prompts", '["a photo of <placeholder> toy"]', "--out_dir", str(out)])
+    main(
+        [
+            "sample",
+            "--adapter",
+            str(run / "adapter.safetensors"),
+            "--prompts",
+            '["a photo of <placeholder> toy"]',
+            "--out_dir",
+            str(out),
+        ]
+    )
     assert len(list(out.glob("*.png"))) == 1
     assert json.loads((out / "samples.json").read_text())["adapter"].endswith("adapter.safetensors")
 

@@ -20,6 +20,7 @@ commands:
   eval                    DreamBench-style evaluation of subject adapters
   data                    dataset helpers (`varlit data dreambench --out DIR`)
   bench                   speed and memory benchmarks
+  sweep                   ablation sweeps: run, collect, launch, wandb (see `make help`)
 """
 
 
@@ -60,6 +61,14 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
 
         return run_function(run_bench, argv, "varlit bench")
 
+    def sweep(argv: list[str]) -> object:
+        from .sweeps.cli import main as sweeps_main
+
+        code = sweeps_main(argv)
+        if code:
+            raise SystemExit(code)
+        return code
+
     def data(argv: list[str]) -> object:
         if not argv or argv[0] != "dreambench":
             raise ValueError("usage: varlit data dreambench --out DIR [--url URL] [--force]")
@@ -70,10 +79,15 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
             raise SystemExit(code)
         return code
 
+    def evaluate(argv: list[str]) -> object:
+        from .commands.eval import main as eval_main  # its own parser: reads whole fit configs
+
+        return eval_main(argv)
+
     lightning = {
         name: (lambda argv, name=name: run_lightning([name, *argv])) for name in ("fit", "validate", "test")
     }
-    return {"sample": sample, "data": data, "bench": bench, **lightning}
+    return {"sample": sample, "eval": evaluate, "data": data, "bench": bench, "sweep": sweep, **lightning}
 
 
 def main(argv: list[str] | None = None) -> None:

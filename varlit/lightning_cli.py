@@ -19,6 +19,7 @@ from .callbacks.run_summary import RunSummary
 from .callbacks.samples import SampleGrid
 from .callbacks.scale_losses import PerScaleLosses
 from .data.datamodule import SubjectDataModule
+from .eval.config import EvalConfig
 from .loggers import RunConfig, make_loggers
 from .module import SubjectTuningModule
 
@@ -57,6 +58,7 @@ class VarlitCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunConfig, "run")
+        parser.add_class_arguments(EvalConfig, "eval")  # the `eval:` section that `varlit eval` reads
         # The data module draws per-rank batches itself (resumable order); Lightning must not wrap it.
         parser.set_defaults({"trainer.max_steps": 500, "trainer.use_distributed_sampler": False})
 

@@ -4,6 +4,7 @@ Each takes [-1, 1] images (already squashed to the evaluation size, see `preproc
 `ImagePreprocess` and returns float32 features, un-normalised. Each loads from a hub id or a local folder;
 with HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set, or for a local folder, nothing is fetched, and a missing
 model raises one `BackboneLoadError` that names it. Tests build them from tiny random models directly.
+The ids `tiny-dino` and `tiny-clip` build offline random stand-ins instead (`tiny_backbones`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .preprocess import (
     ImagePreprocess,
     clip_reference,
 )
+from .tiny_backbones import TINY_CLIP_ID, TINY_DINO_ID, build_tiny_clip, build_tiny_vit
 
 if TYPE_CHECKING:
     from transformers import CLIPModel, PreTrainedTokenizerBase, ViTModel
@@ -160,6 +162,8 @@ class DinoBackbone(nn.Module):
         and normalises as the checkpoint's preprocessor_config.json says (ImageNet mean/std for DINO)."""
         if protocol not in ("arbooth", "processor"):
             raise ValueError(f"DinoBackbone: protocol must be 'arbooth' or 'processor', got {protocol!r}")
+        if id_or_path == TINY_DINO_ID:  # offline random stand-in (tests, tiny demo); reference preprocessing
+            return cls(build_tiny_vit())
         from transformers import ViTModel
 
         def load(src: str, local_only: bool) -> tuple[ViTModel, dict | None]:
@@ -200,6 +204,8 @@ class ClipBackbone(nn.Module):
     @classmethod
     def from_pretrained(cls, id_or_path: str = CLIP_ID) -> ClipBackbone:
         """Model, tokenizer and (if present) the processor's resize/crop/mean/std from one hub id or folder."""
+        if id_or_path == TINY_CLIP_ID:  # offline random stand-in (tests, tiny demo)
+            return cls(*build_tiny_clip())
         from transformers import AutoTokenizer, CLIPModel
 
         def load(src: str, local_only: bool) -> tuple[CLIPModel, PreTrainedTokenizerBase, dict | None]:

@@ -1,0 +1,183 @@
+"""What `varlit eval` leaves in its output folder besides the images: metrics.json / .csv / .md and grids.
+
+Every file is written atomically (temp file + os.replace), so a killed run never leaves a torn report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from ..io import atomic_write_json, atomic_write_text, save_png
+
+if TYPE_CHECKING:
+    from .config import EvalConfig
+    from .runner import ImageStore, SubjectPlan
+
+GRID_TILE = 256  # side of one grid cell: 1024 px samples would make a 25 x 8 grid of 200 megapixels
+GRID_GAP = 2
+CSV_COLUMNS = (
+    "subject",
+    "class_word",
+    "prompt",
+    "template",
+    "clip_t_text",
+    "n",
+    "dino",
+    "clip_i",
+    "clip_t",
+    "div",
+    "pres",
+    "adapter",
+    "dino_backbone",
+    "clip_backbone",
+)
+_HEAD = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "pres": "PRES", "div": "DIV"}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _code(text: str) -> str:
+    """Markdown inline code (keeps `<placeholder>` visible), with pipes escaped for tables."""
+    return "`" + text.replace("`", "'").replace("|", "\\|") + "`"
+
+
+def _backbone_label(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return ""
+    return f"{entry['id']} (random)" if entry.get("random_init") else entry["id"]
+
+
+def metrics_csv(doc: dict[str, Any]) -> str:
+    """One row per subject x prompt; PRES (a per-subject number) repeats on the subject's rows."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    dino, clip = (_backbone_label(doc["backbones"][k]) for k in ("dino", "clip"))
+    for name, subject in doc["subjects"].items():
+        for prompt, row in subject["prompts"].items():
+            writer.writerow(
+                {
+                    "subject": name,
+                    "class_word": subject["class_word"],
+                    "prompt": prompt,
+                    "template": row["template"],
+                    "clip_t_text": row["clip_t_text"],
+                    "n": row["n"],
+                    **{
+                        k: "" if row[k] is None else repr(row[k]) for k in ("dino", "clip_i", "clip_t", "div")
+                    },
+                    "pres": "" if subject["pres"] is None else repr(subject["pres"]),
+                    "adapter": subject["adapter"] or "base",
+                    "dino_backbone": dino,
+                    "clip_backbone": clip,
+                }
+            )
+    return buf.getvalue()
+
+
+def metrics_markdown(doc: dict[str, Any]) -> str:
+    """An overall table (one row per subject, then the mean) and a per-prompt table per subject."""
+    lines = [f"# varlit eval: {doc['num_subjects']} subject(s)", ""]
+    for note in doc["notes"]:
+        lines.append(f"> **Note:** {note}")
+    if doc["notes"]:
+        lines.append("")
+    backbones = ", ".join(
+        _backbone_label(doc["backbones"][k]) for k in ("dino", "clip") if doc["backbones"][k]
+    )
+    settings = doc["settings"]
+    lines += [
+        f"Backbones: {backbones}. Seeds: {settings['seeds']}. CLIP-T text: `{settings['clip_t_text']}`. "
+        f"Model: {doc['model']['preset']}.",
+        "",
+        "## Overall",
+        "",
+        "| subject | " + " | ".join(_HEAD.values()) + " |",
+        "|---|" + "---:|" * len(_HEAD),
+    ]
+    for name, subject in doc["subjects"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(subject["overall"][k]) for k in _HEAD) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{_fmt(doc['overall'][k])}**" for k in _HEAD) + " |")
+    per_prompt = ("dino", "clip_i", "clip_t", "div")
+    for name, subject in doc["subjects"].items():
+        kind = "live" if subject["live"] else "object"
+        adapter = _code(subject["adapter"]) if subject["adapter"] else "none (base model)"
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            f"Class {_code(subject['class_word'])} ({kind}), adapter {adapter}, "
+            f"{subject['num_reference']} reference photo(s). PRES: {_fmt(subject['pres'])} "
+            f"({subject['num_class_samples']} samples of {_code(subject['class_prompt'])}).",
+        ]
+        if subject["div_skipped"]:
+            lines.append(f"{subject['div_skipped']}.")
+        lines += [
+            "",
+            "| prompt | n | " + " | ".join(_HEAD[k] for k in per_prompt) + " |",
+            "|---|---:|" + "---:|" * len(per_prompt),
+        ]
+        total = 0
+        for prompt, row in subject["prompts"].items():
+            total += row["n"]
+            lines.append(
+                f"| {_code(prompt)} | {row['n']} | " + " | ".join(_fmt(row[k]) for k in per_prompt) + " |"
+            )
+        lines.append(
+            f"| **mean** | {total} | "
+            + " | ".join(f"**{_fmt(subject['overall'][k])}**" for k in per_prompt)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _tile(path: Path, side: int) -> np.ndarray:
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    if rgb.size != (side, side):
+        rgb = rgb.resize((side, side), resample=Image.Resampling.BICUBIC)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def image_grid(rows: list[list[Path]], side: int = GRID_TILE) -> np.ndarray:
+    """uint8 [H, W, 3]: one row per list, white gaps; every tile resized to side x side."""
+    ncols = max(len(r) for r in rows)
+    height = len(rows) * (side + GRID_GAP) - GRID_GAP
+    width = ncols * (side + GRID_GAP) - GRID_GAP
+    grid = np.full((height, width, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c, path in enumerate(row):
+            y, x = r * (side + GRID_GAP), c * (side + GRID_GAP)
+            grid[y : y + side, x : x + side] = _tile(path, side)
+    return grid
+
+
+def write_grids(plans: list[SubjectPlan], cfg: EvalConfig, store: ImageStore) -> list[Path]:
+    """grids/<subject>.png: rows = prompts, columns = seeds (tiles at most GRID_TILE px)."""
+    written = []
+    for plan in plans:
+        rows = [[store.sample(plan.name, slug, seed) for seed in cfg.seeds] for slug in plan.slugs]
+        with Image.open(rows[0][0]) as first:
+            side = min(GRID_TILE, *first.size)
+        written.append(save_png(store.out / "grids" / f"{plan.name}.png", image_grid(rows, side)))
+    return written
+
+
+def write_reports(doc: dict[str, Any], plans: list[SubjectPlan], cfg: EvalConfig, store: ImageStore) -> dict:
+    out = store.out
+    files = {
+        "json": atomic_write_json(out / "metrics.json", doc),
+        "csv": atomic_write_text(out / "metrics.csv", metrics_csv(doc)),
+        "md": atomic_write_text(out / "metrics.md", metrics_markdown(doc)),
+    }
+    files["grids"] = out / "grids"
+    write_grids(plans, cfg, store)
+    return files

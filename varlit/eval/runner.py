@@ -1,0 +1,645 @@
+"""The engine of `varlit eval`: sample every subject x prompt x seed on ONE base model, then score the files.
+
+1. Plan (no model work, so bad input fails in seconds): resolve each subject (DreamBench name or the data
+   config's folder), its photos, its adapter file and its prompts.
+2. Generate: the base model is loaded once; each subject's adapter is copied onto it in place
+   (`load_adapter`; `restore_base` undoes it), never reloaded. Per seed, the subject's prompts are sampled
+   in fixed chunks of `batch_size` (KV-cached sampler). PNGs land in `images/<subject>/<slug>/s<seed>.png`
+   next to a `settings.json` fingerprint (model, adapter hash, sampling, batch mates, dtype). A rerun keeps
+   every valid PNG whose fingerprint matches and samples only the chunks with a missing image; because a
+   chunk is always the same prompts with the same seed, a resumed run produces the same images as an
+   uninterrupted one.
+3. Score: samples, the subject's photos (preprocessed as for training, saved to `_reference/`) and the
+   class-prompt samples (`_class/`) are read back from disk and squashed to 256 px with PIL bicubic (the
+   reference protocol), then `SubjectMetrics` computes DINO / CLIP-I / CLIP-T per prompt, PRES and DIV.
+
+Differences from the released ARBooth scripts (DESIGN.md §1): samples are PNG, not JPEG (quality 95);
+reference photos are the training crops rather than the raw photos; PRES samples are drawn in batches
+(chunk k of the class prompt uses seed k) instead of one image per seed; CLIP-T text: see `prompts`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..data.datamodule import SubjectDataModule
+from ..data.dreambench import LIVE_CLASSES
+from ..data.images import file_sha256, resize_and_crop, to_uint8_tensor
+from ..data.subjects import SubjectPhoto
+from ..io import atomic_write_json, save_png
+from ..loggers import RunConfig
+from ..models.loading import CheckpointError
+from ..models.sampler import to_uint8
+from ..models.schedules import image_size, nearest_h_div_w
+from ..pipeline import Pipeline, slugify
+from .config import EvalConfig
+from .metrics import METRIC_NAMES, SubjectMetrics, SubjectSamples, SubjectScores
+from .preprocess import load_images
+from .prompts import (
+    EvalPrompt,
+    check_templates,
+    class_prompt,
+    default_templates,
+    drop_placeholder,
+    make_prompt,
+)
+from .tiny_backbones import TINY_NOTE, is_tiny
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADAPTER = "{root}/{run}/adapter.safetensors"
+BASE_ADAPTER = "base"  # `eval.adapters` value: no adapter, the base model itself
+IMAGES_DIR = "images"
+REFERENCE_DIR = "_reference"
+CLASS_DIR = "_class"
+SETTINGS_FILE = "settings.json"
+FINGERPRINT_FORMAT = "varlit-eval-images/1"
+
+
+@dataclass
+class ModelSource:
+    """The base model: the fields of the `model:` section that `varlit eval` uses."""
+
+    preset: str = "tiny"
+    weights: str | None = None
+    vae_weights: str | None = None
+    text_encoder: str | None = None
+    init_seed: int = 0
+
+    @property
+    def random_init(self) -> bool:
+        from ..models.presets import get_preset
+
+        return (self.weights or get_preset(self.preset).weights) is None
+
+
+@dataclass
+class SubjectPlan:
+    """Everything about one subject that can be checked before a model is loaded."""
+
+    name: str
+    class_word: str
+    live: bool
+    folder: Path
+    photos: list[SubjectPhoto]
+    adapter: Path | None
+    prompts: list[EvalPrompt]
+    slugs: list[str]
+    class_prompt: str
+    aspect: str = "square"
+    resample: str = "bilinear"
+
+
+@dataclass
+class Timing:
+    generated: int = 0  # images the model sampled this run
+    written: int = 0  # new PNG files (a chunk with one missing image is sampled whole)
+    reused: int = 0  # PNGs kept from an earlier run (matching settings)
+    generation_s: float = 0.0
+    scored: int = 0  # sample images (prompt + class) the metrics encoded
+    metrics_s: float = 0.0
+    model_load_s: float = 0.0
+    backbone_load_s: float = 0.0
+    adapter_s: float = 0.0  # swapping adapters in place on the one base model
+
+    def as_dict(self) -> dict[str, Any]:
+        def rate(n: int, s: float) -> float | None:
+            return round(n / s, 3) if n and s > 0 else None
+
+        return {
+            "generation": {
+                "images": self.generated,
+                "written": self.written,
+                "reused": self.reused,
+                "seconds": round(self.generation_s, 3),
+                "images_per_s": rate(self.generated, self.generation_s),
+            },
+            "metrics": {
+                "images": self.scored,
+                "seconds": round(self.metrics_s, 3),
+                "images_per_s": rate(self.scored, self.metrics_s),
+            },
+            "model_load_s": round(self.model_load_s, 3),
+            "backbone_load_s": round(self.backbone_load_s, 3),
+            "adapter_swap_s": round(self.adapter_s, 3),
+        }
+
+
+@dataclass
+class EvalResult:
+    out: Path
+    metrics: dict[str, Any]  # the content of metrics.json
+    timing: Timing
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ planning
+
+
+def _own_subject_name(data: dict[str, Any]) -> str | None:
+    if data.get("subject_dir"):
+        return Path(data["subject_dir"]).expanduser().name
+    return data.get("subject")
+
+
+def load_subject(name: str | None, data: dict[str, Any]) -> tuple[Any, list[SubjectPhoto], bool]:
+    """(Subject, photos, live) through the data layer: the data config's own subject, or a DreamBench name
+    (with the data config's dreambench_root and photo policy)."""
+    kwargs = dict(data)
+    if name is not None and name != _own_subject_name(data):
+        kwargs.update(subject_dir=None, class_word=None, live=None, subject=name)
+    dm = SubjectDataModule(**kwargs)
+    dm.setup("validate")
+    subject = dm.subject
+    live = subject.live
+    if kwargs.get("subject_dir") and kwargs.get("live") is None:  # a photo folder: guess as DreamBench does
+        live = subject.class_word in LIVE_CLASSES
+    return subject, dm.photos, live
+
+
+def resolve_adapters(spec: list[str] | str | None, subjects: list[str], run: RunConfig) -> list[Path | None]:
+    """One adapter path (or None for the base model) per subject; every file must exist."""
+    if spec is None:
+        patterns = [DEFAULT_ADAPTER] * len(subjects)
+    elif isinstance(spec, str):
+        patterns = [spec] * len(subjects)
+    elif len(spec) == 1:
+        patterns = list(spec) * len(subjects)
+    elif len(spec) == len(subjects):
+        patterns = list(spec)
+    else:
+        raise ValueError(
+            f"eval.adapters lists {len(spec)} paths for {len(subjects)} subjects ({', '.join(subjects)}); "
+            "give one per subject or one pattern with {subject}"
+        )
+    paths: list[Path | None] = []
+    owner: dict[Path, str] = {}
+    for name, pattern in zip(subjects, patterns):
+        if pattern.strip().lower() == BASE_ADAPTER:
+            paths.append(None)
+            continue
+        try:
+            path = Path(pattern.format_map({"subject": name, "run": run.name, "root": run.root})).expanduser()
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(
+                f"eval.adapters: cannot fill pattern {pattern!r} ({type(err).__name__}: {err}); "
+                "its fields are {subject}, {run} and {root}"
+            ) from None
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"adapter for subject {name!r} not found: {path} (eval.adapters; train it with `varlit fit` "
+                f"or pass --eval.adapters)"
+            )
+        key = path.resolve()
+        if key in owner:
+            raise ValueError(
+                f"eval.adapters: subjects {owner[key]!r} and {name!r} would both use {path}; "
+                "put {subject} in the pattern or list one adapter per subject"
+            )
+        owner[key] = name
+        paths.append(path)
+    return paths
+
+
+def check_adapter_header(path: Path, preset: str) -> dict[str, Any]:
+    """Cheap check (header only) that an adapter fits the preset, before any sampling starts."""
+    from safetensors import safe_open
+
+    from ..tuning.adapter import FORMAT
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for garbled files
+        raise CheckpointError(f"{path}: cannot read adapter ({type(err).__name__}: {err})") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a varlit adapter (format {header.get('format')!r})")
+    meta = json.loads(header.get("meta", "{}"))
+    if meta.get("preset") and meta["preset"] != preset:
+        raise CheckpointError(
+            f"{path}: adapter was trained on preset {meta['preset']!r}, eval uses {preset!r}"
+        )
+    return meta
+
+
+def unique_slugs(prompts: list[EvalPrompt]) -> list[str]:
+    """Folder names from the readable prompt ("a_dog_on_the_beach"); clashes get _2, _3 ..."""
+    slugs: list[str] = []
+    for p in prompts:
+        base = slugify(drop_placeholder(p.prompt))
+        slug, k = base, 2
+        while slug in slugs:
+            slug, k = f"{base}_{k}", k + 1
+        slugs.append(slug)
+    return slugs
+
+
+def plan_subjects(cfg: EvalConfig, data: dict[str, Any], run: RunConfig, preset: str) -> list[SubjectPlan]:
+    """Resolve and check subjects, adapters and prompts (before anything is loaded)."""
+    cfg.check()
+    templates = check_templates(cfg.prompts) if cfg.prompts is not None else None
+    names = list(cfg.subjects) if cfg.subjects else [None]
+    loaded = [load_subject(name, data) for name in names]
+    subject_names = [s.name for s, _, _ in loaded]
+    if len(set(subject_names)) != len(subject_names):
+        raise ValueError(f"eval.subjects lists a subject twice: {subject_names}")
+    adapters = resolve_adapters(cfg.adapters, subject_names, run)
+    plans = []
+    for (subject, photos, live), adapter in zip(loaded, adapters):
+        if adapter is not None:
+            meta = check_adapter_header(adapter, preset)
+            trained_on = meta.get("class_word")
+            if trained_on and trained_on != subject.class_word:
+                log.warning(
+                    "%s: adapter was trained with class word %r, subject %s has %r",
+                    adapter,
+                    trained_on,
+                    subject.name,
+                    subject.class_word,
+                )
+        prompts = [
+            make_prompt(t, subject.class_word, cfg.clip_t_text, placeholder=adapter is not None)
+            for t in (templates if templates is not None else default_templates(live))
+        ]
+        plans.append(
+            SubjectPlan(
+                name=subject.name,
+                class_word=subject.class_word,
+                live=live,
+                folder=subject.folder,
+                photos=photos,
+                adapter=adapter,
+                prompts=prompts,
+                slugs=unique_slugs(prompts),
+                class_prompt=class_prompt(subject.class_word),
+                aspect=data.get("aspect") or "square",
+                resample=data.get("resample") or "bilinear",
+            )
+        )
+    return plans
+
+
+# ------------------------------------------------------------------------------------------------ on disk
+
+
+def valid_png(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with Image.open(path) as im:
+            im.verify()
+            return im.format == "PNG"
+    except Exception:  # any decoding failure means "generate it again"
+        return False
+
+
+class ImageStore:
+    """`out/images/<subject>/<slug>/`: PNGs plus the settings fingerprint they were made with."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.root = out / IMAGES_DIR
+
+    def dir(self, subject: str, slug: str) -> Path:
+        return self.root / subject / slug
+
+    def sample(self, subject: str, slug: str, seed: int) -> Path:
+        return self.dir(subject, slug) / f"s{seed}.png"
+
+    def class_sample(self, subject: str, i: int) -> Path:
+        return self.dir(subject, CLASS_DIR) / f"c{i:03d}.png"
+
+    def reference(self, subject: str, i: int) -> Path:
+        return self.dir(subject, REFERENCE_DIR) / f"r{i:03d}.png"
+
+    def claim(self, folder: Path, fingerprint: dict[str, Any]) -> bool:
+        """Make `folder` hold images of `fingerprint`: stale PNGs (other settings) are removed first.
+        Returns whether the folder already matched."""
+        fingerprint = json.loads(json.dumps(fingerprint))  # JSON-normal form (lists, str keys)
+        settings = folder / SETTINGS_FILE
+        try:
+            if json.loads(settings.read_text()) == fingerprint:
+                return True
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            pass  # no or unreadable fingerprint: treat every PNG in the folder as stale
+        for png in folder.glob("*.png"):
+            png.unlink()
+        atomic_write_json(settings, fingerprint)
+        return False
+
+
+def _chunks(n: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def base_fingerprint(
+    pipe: Pipeline, model: ModelSource, pn: str, adapter: Path | None, cfg: EvalConfig
+) -> dict:
+    return {
+        "format": FINGERPRINT_FORMAT,
+        "preset": pipe.preset.name,
+        "weights": model.weights or pipe.preset.weights or f"random-init(seed={model.init_seed})",
+        "vae_weights": model.vae_weights or pipe.preset.vae_weights,
+        "text_encoder": model.text_encoder or pipe.preset.text_encoder,
+        "adapter_sha256": file_sha256(adapter) if adapter is not None else None,
+        "sampling": asdict(cfg.sampling),
+        "pn": pn,
+        "h_div_w": 1.0,
+        "device": pipe.device.type,
+        "dtype": str(pipe.model.cfg_uncond.dtype),
+    }
+
+
+def save_references(plan: SubjectPlan, pipe: Pipeline, pn: str, store: ImageStore) -> list[Path]:
+    """The subject photos as training sees them (resize to cover + centre crop at the training size)."""
+    paths = []
+    folder = store.dir(plan.name, REFERENCE_DIR)
+    for old in folder.glob("r*.png"):
+        old.unlink()
+    for i, photo in enumerate(plan.photos):
+        w, h = photo.image.size
+        h_div_w = 1.0 if plan.aspect == "square" else nearest_h_div_w(h / w)
+        schedule = pipe.preset.vae_schedule(pipe.preset.schedule(h_div_w, pn))
+        target = image_size(schedule, pipe.vae.patch_size)
+        pixels = to_uint8_tensor(resize_and_crop(photo.image, target, plan.resample))  # type: ignore[arg-type]
+        paths.append(save_png(store.reference(plan.name, i), pixels.permute(1, 2, 0)))
+    return paths
+
+
+def generate_subject(
+    pipe: Pipeline,
+    plan: SubjectPlan,
+    cfg: EvalConfig,
+    store: ImageStore,
+    fingerprint: dict[str, Any],
+    pn: str,
+    apply_adapter: Callable[[], None],
+    timing: Timing,
+) -> None:
+    """Sample whatever is missing for one subject: prompt chunks per seed, then the class prompt."""
+    prompts = [p.prompt for p in plan.prompts]
+    chunks = _chunks(len(prompts), cfg.batch_size)
+    for chunk in chunks:
+        mates = [prompts[j] for j in chunk]
+        for j in chunk:
+            store.claim(
+                store.dir(plan.name, plan.slugs[j]), {**fingerprint, "prompt": prompts[j], "batch": mates}
+            )
+    jobs: list[tuple[list[str], int, list[Path]]] = []
+    for seed in cfg.seeds:
+        for chunk in chunks:
+            paths = [store.sample(plan.name, plan.slugs[j], seed) for j in chunk]
+            jobs.append(([prompts[j] for j in chunk], seed, paths))
+    if cfg.num_class_samples > 0 and cfg.dino is not None:  # class samples only serve PRES, a DINO metric
+        class_fp = {**fingerprint, "prompt": plan.class_prompt, "num": cfg.num_class_samples}
+        class_fp["batch_size"] = cfg.batch_size
+        store.claim(store.dir(plan.name, CLASS_DIR), class_fp)
+        for k, chunk in enumerate(_chunks(cfg.num_class_samples, cfg.batch_size)):
+            jobs.append(
+                ([plan.class_prompt] * len(chunk), k, [store.class_sample(plan.name, i) for i in chunk])
+            )
+    applied = False
+    for batch, seed, paths in jobs:
+        missing = [not valid_png(p) for p in paths]
+        if not any(missing):
+            timing.reused += len(paths)
+            continue
+        if not applied:
+            start = time.perf_counter()
+            apply_adapter()
+            timing.adapter_s += time.perf_counter() - start
+            applied = True
+        start = time.perf_counter()
+        images = to_uint8(pipe.generate(batch, cfg.sampling, seed=seed, pn=pn).images_B3HW).cpu()
+        for path, img, todo in zip(paths, images, missing):
+            if todo:
+                save_png(path, img)
+                timing.written += 1
+            else:
+                timing.reused += 1
+        timing.generation_s += time.perf_counter() - start
+        timing.generated += len(batch)
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+def sample_paths(plan: SubjectPlan, cfg: EvalConfig, store: ImageStore) -> list[tuple[EvalPrompt, str, Path]]:
+    """(prompt, slug, file) of every sample, grouped by prompt in prompt order, seeds in order."""
+    return [
+        (p, slug, store.sample(plan.name, slug, seed))
+        for p, slug in zip(plan.prompts, plan.slugs)
+        for seed in cfg.seeds
+    ]
+
+
+def score_subject(
+    metrics: SubjectMetrics,
+    plan: SubjectPlan,
+    cfg: EvalConfig,
+    store: ImageStore,
+    references: list[Path],
+    timing: Timing,
+) -> SubjectScores:
+    start = time.perf_counter()
+    items = sample_paths(plan, cfg, store)
+    device = metrics.device
+    images = load_images([path for _, _, path in items], cfg.eval_size).to(device)
+    reference = load_images(references, cfg.eval_size).to(device)
+    class_images = None
+    if cfg.num_class_samples > 0 and metrics.dino is not None:
+        class_paths = [store.class_sample(plan.name, i) for i in range(cfg.num_class_samples)]
+        class_images = load_images(class_paths, cfg.eval_size).to(device)
+    samples = SubjectSamples(
+        images=images,
+        prompts=[p.prompt for p, _, _ in items],
+        reference=reference,
+        class_images=class_images,
+        texts=[p.clip_text for p, _, _ in items],
+    )
+    scores = metrics.score(samples)
+    timing.scored += len(items) + (len(class_images) if class_images is not None else 0)
+    timing.metrics_s += time.perf_counter() - start
+    return scores
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def subject_entry(
+    plan: SubjectPlan, scores: SubjectScores, cfg: EvalConfig, store: ImageStore
+) -> dict[str, Any]:
+    raw = scores.to_dict()
+    overall = {k: raw["overall"].get(k) for k in METRIC_NAMES}
+    prompts = {}
+    for p, slug in zip(plan.prompts, plan.slugs):
+        row = raw["prompts"][p.prompt]
+        prompts[p.prompt] = {
+            "template": p.template,
+            "clip_t_text": p.clip_text,
+            **{k: row[k] for k in ("dino", "clip_i", "clip_t", "div")},
+            "n": row["num_images"],
+            "dir": store.dir(plan.name, slug).relative_to(store.out).as_posix(),
+        }
+    return {
+        "class_word": plan.class_word,
+        "live": plan.live,
+        "adapter": str(plan.adapter) if plan.adapter is not None else None,
+        "num_reference": len(plan.photos),
+        "class_prompt": plan.class_prompt,
+        "num_class_samples": cfg.num_class_samples if cfg.dino is not None else 0,
+        "overall": overall,
+        "pres": overall["pres"],
+        "div_skipped": raw["div_skipped"],
+        "prompts": prompts,
+    }
+
+
+def backbone_entry(backbone_id: str | None) -> dict[str, Any] | None:
+    if backbone_id is None:
+        return None
+    entry: dict[str, Any] = {"id": backbone_id, "random_init": is_tiny(backbone_id)}
+    if is_tiny(backbone_id):
+        entry["note"] = TINY_NOTE
+    return entry
+
+
+def build_metrics(
+    plans: list[SubjectPlan],
+    entries: dict[str, dict[str, Any]],
+    cfg: EvalConfig,
+    model: ModelSource,
+    pipe: Pipeline,
+    pn: str,
+    div_skipped: str | None,
+    timing: Timing,
+) -> dict[str, Any]:
+    overall = {k: _mean([e["overall"][k] for e in entries.values()]) for k in METRIC_NAMES}
+    notes = []
+    if model.random_init:
+        notes.append(
+            f"model: random-initialised {model.preset!r} preset (init_seed={model.init_seed}); "
+            "samples are not meaningful images"
+        )
+    tiny = [b for b in (cfg.dino, cfg.clip) if is_tiny(b)]
+    if tiny:
+        notes.append(f"backbones {', '.join(tiny)}: {TINY_NOTE}")
+    if div_skipped:
+        notes.append(div_skipped)
+    return {
+        "format": "varlit-eval/1",
+        "overall": overall,
+        "num_subjects": len(plans),
+        "subjects": entries,
+        "notes": notes,
+        "backbones": {
+            "dino": backbone_entry(cfg.dino),
+            "clip": backbone_entry(cfg.clip),
+            "dino_protocol": cfg.dino_protocol,
+            "lpips": div_skipped is None,
+        },
+        "model": {
+            "preset": model.preset,
+            "weights": model.weights or pipe.preset.weights,
+            "vae_weights": model.vae_weights or pipe.preset.vae_weights,
+            "text_encoder": model.text_encoder or pipe.preset.text_encoder,
+            "init_seed": model.init_seed,
+            "random_init": model.random_init,
+            "device": str(pipe.device),
+            "dtype": str(pipe.model.cfg_uncond.dtype).removeprefix("torch."),
+        },
+        "settings": {
+            "seeds": list(cfg.seeds),
+            "prompts": list(cfg.prompts)
+            if cfg.prompts is not None
+            else "dreambench (object or live by class)",
+            "num_class_samples": cfg.num_class_samples,
+            "sampling": asdict(cfg.sampling),
+            "batch_size": cfg.batch_size,
+            "clip_t_text": cfg.clip_t_text,
+            "eval_size": cfg.eval_size,
+            "pn": pn,
+            "h_div_w": 1.0,
+        },
+        "timing": timing.as_dict(),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def run_evaluation(
+    cfg: EvalConfig,
+    model: ModelSource,
+    data: dict[str, Any],
+    run: RunConfig,
+    out: Path,
+    pn: str | None = None,
+) -> EvalResult:
+    """Plan, generate (resumable), score and report; see the module docstring."""
+    from .report import write_reports
+
+    plans = plan_subjects(cfg, data, run, model.preset)
+    timing = Timing()
+
+    start = time.perf_counter()
+    metrics = SubjectMetrics.from_pretrained(
+        dino=cfg.dino,
+        clip=cfg.clip,
+        dino_protocol=cfg.dino_protocol,
+        lpips=cfg.lpips,
+        eval_size=cfg.eval_size,
+        batch_size=cfg.metrics_batch_size,
+    )
+    timing.backbone_load_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    pipe = Pipeline.load(
+        model.preset,
+        model.weights,
+        model.vae_weights,
+        model.text_encoder,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        init_seed=model.init_seed,
+    )
+    timing.model_load_s = time.perf_counter() - start
+    pn = pn or pipe.preset.pn
+    metrics.to(pipe.device)
+    store = ImageStore(out)
+
+    references: dict[str, list[Path]] = {}
+    try:
+        for plan in plans:
+            references[plan.name] = save_references(plan, pipe, pn, store)
+            fingerprint = base_fingerprint(pipe, model, pn, plan.adapter, cfg)
+
+            def apply(plan: SubjectPlan = plan) -> None:
+                if plan.adapter is None:
+                    pipe.restore_base()
+                else:
+                    from ..tuning.adapter import load_adapter
+
+                    load_adapter(pipe, plan.adapter)
+
+            generate_subject(pipe, plan, cfg, store, fingerprint, pn, apply, timing)
+    finally:
+        pipe.restore_base()
+
+    entries = {}
+    for plan in plans:
+        scores = score_subject(metrics, plan, cfg, store, references[plan.name], timing)
+        entries[plan.name] = subject_entry(plan, scores, cfg, store)
+    doc = build_metrics(plans, entries, cfg, model, pipe, pn, metrics.div_skipped, timing)
+    files = write_reports(doc, plans, cfg, store)
+    return EvalResult(out, doc, timing, files)

@@ -1,0 +1,164 @@
+"""The ablation sweeps as data: each variant is a name plus the `varlit fit` overrides that make it.
+
+Every variant sets all the fields its ablation is about, so the result does not depend on what the base
+config happens to say about them (e.g. the layer variants null `freeze.trainable`, the scale variants null
+`scale_weights.values`). Two placeholders are filled in per run, because their value depends on it:
+
+- `{run_dir}`: the run's folder (a prior bank kept next to the run that built it);
+- `{scale_ramp}`: an explicit per-scale weight list as long as the run's schedule (13 scales for the 2B at
+  1M, 7 for the tiny preset), falling linearly from 1.0 at the coarsest scale to 0.25 at the finest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+PLACEHOLDERS: tuple[str, ...] = ("{run_dir}", "{scale_ramp}")
+RAMP_FIRST, RAMP_LAST = 1.0, 0.25
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of an ablation: a folder/tag-safe name and the fit overrides (`--key=value`) that make it."""
+
+    name: str
+    overrides: tuple[str, ...]
+    note: str = ""
+
+    def uses(self, placeholder: str) -> bool:
+        return any(placeholder in o for o in self.overrides)
+
+    def render(self, values: Mapping[str, str]) -> list[str]:
+        """The overrides with placeholders filled from `values` ({'{run_dir}': ..., ...})."""
+        out = []
+        for o in self.overrides:
+            for key in PLACEHOLDERS:
+                if key in o:
+                    if key not in values:
+                        raise ValueError(f"variant {self.name!r}: no value for placeholder {key} in {o!r}")
+                    o = o.replace(key, values[key])
+            out.append(o)
+        return out
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A named ablation: its runs form one wandb group, one folder `<root>/<name>` and one summary."""
+
+    name: str
+    description: str
+    variants: tuple[Variant, ...]
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise ValueError(
+            f"sweep {self.name!r} has no variant {name!r}; its variants are {', '.join(self.names)}"
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.variants]
+
+
+def scale_ramp(num_scales: int) -> str:
+    """The `{scale_ramp}` value: a JSON list of `num_scales` weights from 1.0 down to 0.25."""
+    if num_scales < 1:
+        raise ValueError(f"a schedule needs at least one scale, got {num_scales}")
+    if num_scales == 1:
+        return f"[{RAMP_FIRST}]"
+    step = (RAMP_FIRST - RAMP_LAST) / (num_scales - 1)
+    return "[" + ", ".join(f"{RAMP_FIRST - i * step:.4g}" for i in range(num_scales)) + "]"
+
+
+def _layers(name: str, preset: str, note: str) -> Variant:
+    return Variant(name, (f"--model.freeze.preset={preset}", "--model.freeze.trainable=null"), note)
+
+
+def _scales(name: str, kind: str, note: str, *extra: str) -> Variant:
+    values = () if kind == "explicit" else ("--model.scale_weights.values=null",)
+    return Variant(name, (f"--model.scale_weights.kind={kind}", *values, *extra), note)
+
+
+def _prior(name: str, loss: str, weight: float, source: str, note: str, *extra: str) -> Variant:
+    return Variant(
+        name,
+        (
+            f"--model.prior.loss={loss}",
+            f"--model.prior.weight={weight}",
+            f"--model.prior.source={source}",
+            *extra,
+        ),
+        note,
+    )
+
+
+SWEEPS: dict[str, Sweep] = {
+    s.name: s
+    for s in (
+        Sweep(
+            "ablate-layers",
+            "which transformer layers are fine-tuned (the freeze mask)",
+            (
+                _layers("all", "all", "every transformer parameter"),
+                _layers("sa", "sa", "self-attention of every block"),
+                _layers("ca", "ca", "cross-attention of every block"),
+                _layers("ffn", "ffn", "feed-forward of every block"),
+                _layers("ca+ffn", "arbooth", "ARBooth's choice: CA and FFN of every block"),
+                _layers("early-half", "early-half", "CA+FFN of the first half of the blocks"),
+                _layers("late-half", "late-half", "CA+FFN of the last half of the blocks"),
+            ),
+        ),
+        Sweep(
+            "ablate-scales",
+            "the per-scale weights of the instance loss",
+            (
+                _scales("uniform", "uniform", "every scale 1"),
+                _scales(
+                    "arbooth",
+                    "arbooth",
+                    "first 8 scales 1.0, the rest 0.5 (released code)",
+                    "--model.scale_weights.num_coarse=8",
+                    "--model.scale_weights.coarse=1.0",
+                    "--model.scale_weights.fine=0.5",
+                ),
+                _scales(
+                    "inverse_sqrt_area", "inverse_sqrt_area", "sqrt(area_last / area_s), mean token weight 1"
+                ),
+                _scales(
+                    "explicit-ramp",
+                    "explicit",
+                    "explicit list: 1.0 at the coarsest scale falling linearly to 0.25 at the finest",
+                    "--model.scale_weights.values={scale_ramp}",
+                ),
+            ),
+        ),
+        Sweep(
+            "ablate-distill",
+            "prior distillation: none, soft with several lambdas, hard, online teacher vs prior bank",
+            (
+                _prior("none", "none", 0.0, "online", "no prior loss"),
+                _prior("soft-0.1", "soft", 0.1, "online", "soft KL, lambda 0.1, teacher samples online"),
+                _prior("soft-0.5", "soft", 0.5, "online", "soft KL, lambda 0.5 (paper), online"),
+                _prior("soft-1", "soft", 1.0, "online", "soft KL, lambda 1, online"),
+                _prior("hard", "hard", 0.5, "online", "CE on the teacher's argmax bits, lambda 0.5, online"),
+                _prior(
+                    "soft-0.5-bank",
+                    "soft",
+                    0.5,
+                    "bank",
+                    "soft KL, lambda 0.5, teacher samples drawn once into a prior bank",
+                    "--model.prior.bank.root={run_dir}/prior_bank",
+                ),
+            ),
+        ),
+    )
+}
+
+
+def get_sweep(name: str) -> Sweep:
+    if name not in SWEEPS:
+        raise ValueError(f"unknown sweep {name!r}; choose one of {', '.join(SWEEPS)}")
+    return SWEEPS[name]
