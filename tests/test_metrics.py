@@ -11,9 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tokenizers.pre_tokenizers import ByteLevel
 from torch.utils.data import DataLoader, TensorDataset
-from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer, ViTConfig, ViTModel
+from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer, ViTModel
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from varlit.callbacks.metrics import SubjectMetricsCallback
@@ -33,73 +32,30 @@ from varlit.eval import (
 )
 from varlit.eval.backbones import preprocess_from_processor
 from varlit.eval.preprocess import DINO_REFERENCE, ImagePreprocess
+from varlit.eval.tiny_backbones import build_tiny_clip, build_tiny_vit
 
 LEVEL = 1 / 127.5  # one 8-bit level in [-1, 1] units
 
 
-# ---- tiny models -------------------------------------------------------------------------------------------
-def tiny_clip_tokenizer() -> CLIPTokenizer:
-    """Byte-level CLIP BPE with a 518-token vocabulary: every byte, every byte + '</w>', two merges."""
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars])}
-    merges = [("p", "h"), ("o", "f</w>")]
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges)
-
-
-def tiny_clip_model(tok: CLIPTokenizer, seed: int = 0) -> CLIPModel:
-    text = dict(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-    )
-    torch.manual_seed(seed)
-    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
-
-
-def tiny_vit(seed: int = 1) -> ViTModel:
-    cfg = ViTConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-    )
-    torch.manual_seed(seed)
-    return ViTModel(cfg, add_pooling_layer=False).eval()
+# ---- tiny models (the offline `tiny-clip` / `tiny-dino` builders) -----------------------------------------
+@pytest.fixture(scope="module")
+def tiny_clip() -> tuple[CLIPModel, CLIPTokenizer]:
+    return build_tiny_clip(seed=0)
 
 
 @pytest.fixture(scope="module")
-def tok() -> CLIPTokenizer:
-    return tiny_clip_tokenizer()
+def tok(tiny_clip) -> CLIPTokenizer:
+    return tiny_clip[1]
 
 
 @pytest.fixture(scope="module")
-def clip(tok) -> ClipBackbone:
-    return ClipBackbone(tiny_clip_model(tok), tok)
+def clip(tiny_clip) -> ClipBackbone:
+    return ClipBackbone(*tiny_clip)
 
 
 @pytest.fixture(scope="module")
 def dino() -> DinoBackbone:
-    return DinoBackbone(tiny_vit())
+    return DinoBackbone(build_tiny_vit(seed=1))
 
 
 def level_images(n: int, size: int, seed: int) -> torch.Tensor:

@@ -142,8 +142,11 @@ def test_bank_and_online_give_the_same_loss_for_the_same_teacher_samples(tmp_pat
     m = SubjectTuningModule(preset="tiny", prior=PriorConfig(source="bank", bank=bank_cfg))
     dm = _dm(subject_dir, cache_dir)
     trainer(tmp_path, 0).fit(m, dm)  # builds the bank at fit start
-    assert m._bank is not None and m._bank.status() == "complete"
-    stored = m._bank.batch([0, 1])
+    assert m._bank_store is not None and m._bank_store.status() == "complete"
+    stored = m._bank_store.batch([0, 1])
+    held = m._bank.batch(torch.tensor([0, 1]))  # the copy the training step reads (on the device)
+    for a, b in zip(vars(stored).values(), vars(held).values()):
+        assert torch.equal(a, b)
     text = m._class_text.index(stored.prompt_index_B)
     # the bank's shard 0 was drawn with the shard generator; draw online with the same one
     from varlit.tuning.prior_bank import _shard_seed

@@ -53,6 +53,7 @@ from .tuning.subject_embedding import PLACEHOLDER, SubjectEmbedding
 log = logging.getLogger(__name__)
 
 PRIOR_LOSSES = ("soft", "hard", "none")
+BANK_IN_MEMORY_BYTES = 4 * 2**30  # a prior bank up to this size is held on the device
 PRIOR_SOURCES = ("online", "bank")
 SCHEDULES = ("joint", "alternating")
 
@@ -218,7 +219,8 @@ class SubjectTuningModule(pl.LightningModule):
             "teacher": None,
         }
         self._text_encoder_id = text_encoder or self.preset.text_encoder
-        self._bank: PriorBank | None = None
+        self._bank: PriorBank | _InMemoryBank | None = None
+        self._bank_store: PriorBank | None = None  # the on-disk bank behind `_bank`
         self._class_text: TextBatch | None = None
         self.validation_outputs: list[dict[str, Any]] = []
         self._validation_samples = None
@@ -476,7 +478,12 @@ class SubjectTuningModule(pl.LightningModule):
             bank.build(sample_fn, device=self.device, log=log.info)
         if self.trainer.world_size > 1:
             self.trainer.strategy.barrier("prior_bank")
-        self._bank, self._class_text = bank, text
+        self._bank, self._bank_store, self._class_text = bank, bank, text
+        L, d = sum(h * w for h, w in schedule), self.preset.infinity.bits
+        if len(bank) * L * d * 13 <= BANK_IN_MEMORY_BYTES:  # bits 1 + inputs 4 + logits 8 bytes per bit
+            # Small enough to live on the device: no disk reads inside the training step.
+            every = bank.batch(list(range(len(bank))))
+            self._bank = _InMemoryBank(PriorBatch(*(t.to(self.device) for t in vars(every).values())))
         self._release_teacher()
 
     def _release_teacher(self) -> None:
