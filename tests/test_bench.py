@@ -166,7 +166,7 @@ def _fake_builder(built: list):
 
 def test_run_bench_writes_the_report(tmp_path, monkeypatch):
     built: list[_FakeTuning] = []
-    monkeypatch.setattr(bench, "bench_module_builder", lambda: (_fake_builder(built), ""))
+    monkeypatch.setattr(bench, "bench_module_builder", lambda: _fake_builder(built))
     out = tmp_path / "sub" / "results.json"
     report = run_bench(
         preset="tiny",
@@ -225,15 +225,6 @@ def test_run_bench_writes_the_report(tmp_path, monkeypatch):
     assert online["flops"]["teacher"] > 0 and bank["flops"]["teacher"] == 0
 
 
-def test_missing_module_is_reported_not_fatal(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "bench_module_builder", lambda: (None, "no build_bench_module yet"))
-    report = run_bench(device="cpu", out=str(tmp_path / "r.json"), parts=["finetune"], prior_sources=["bank"])
-    assert report["results"]["finetune"] == [
-        {"prior_source": "bank", "batch": 2, "status": "unavailable", "reason": "no build_bench_module yet"}
-    ]
-    assert "sampling" not in report["results"]
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -277,8 +268,6 @@ def test_summary_checks_the_issue_targets_only_for_the_2b_gpu_run(tmp_path):
 
 
 def test_the_real_module_runs_under_the_bench(tmp_path):
-    if bench.bench_module_builder()[0] is None:
-        pytest.skip("varlit.module has no build_bench_module yet")
     report = run_bench(
         device="cpu",
         out=str(tmp_path / "r.json"),

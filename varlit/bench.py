@@ -41,11 +41,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .io import atomic_write_json
+
+if TYPE_CHECKING:
+    from .data.batches import SubjectBatch
+    from .module import SubjectTuningModule
 from .models.infinity import Infinity, InfinityConfig
 from .models.presets import Preset, get_preset
 from .models.quantizer import multiscale_quantize
@@ -495,13 +500,11 @@ def bench_finetune(
     """Time `module.training_step_for_bench(batch)`: one full iteration (instance + prior losses, their
     backward passes and optimizer steps)."""
     out: dict = {"prior_source": prior_source, "batch": batch}
-    build_bench_module, reason = bench_module_builder()
-    if build_bench_module is None:
-        return {**out, "status": "unavailable", "reason": reason}
+    build = bench_module_builder()
     optional = {"pn": pn, "text_len": text_len, "gradient_checkpointing": gradient_checkpointing}
-    accepted = inspect.signature(build_bench_module).parameters
+    accepted = inspect.signature(build).parameters
     extra = {k: v for k, v in optional.items() if k in accepted and v is not None}
-    module, bench_batch = build_bench_module(preset_name, prior_source, device, dtype, batch, **extra)
+    module, bench_batch = build(preset_name, prior_source, device, dtype, batch, **extra)
     student = _student(module)
     if student is None:
         raise RuntimeError("build_bench_module returned a module without a trainable Infinity")
@@ -546,19 +549,12 @@ def bench_finetune(
     return out
 
 
-def bench_module_builder() -> tuple[Callable | None, str]:
-    """`varlit.module.build_bench_module`, or None and why not.
-
-    Contract: `build_bench_module(preset, prior_source, device, dtype, batch_size, [pn, text_len,
-    gradient_checkpointing]) -> (module, batch)` with random weights on `device` and a synthetic batch,
-    such that `module.training_step_for_bench(batch)` runs one full iteration (forward, backward, optimizer
-    step(s)) of instance + prior loss.
-    """
-    try:
-        from .module import build_bench_module
-    except ImportError as err:
-        return None, f"varlit.module.build_bench_module: {err}"
-    return build_bench_module, ""
+def bench_module_builder() -> Callable:
+    """The builder of timed modules (a seam for tests): `build_bench_module(preset, prior_source, device,
+    dtype, batch_size, [pn, text_len, gradient_checkpointing]) -> (module, batch)` with random weights on
+    `device` and a synthetic batch, such that `module.training_step_for_bench(batch)` runs one full
+    iteration (forward, backward, optimizer step(s)) of instance + prior loss."""
+    return build_bench_module
 
 
 def _text_len(text: TextBatch | None, default: int) -> int:
@@ -805,3 +801,61 @@ __all__ = [
     "run_bench",
     "train_step_flops",
 ]
+
+
+def build_bench_module(
+    preset: str,
+    prior_source: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch_size: int,
+    pn: str | None = None,
+    text_len: int = 24,
+    gradient_checkpointing: bool | None = None,
+) -> tuple[SubjectTuningModule, SubjectBatch]:
+    """A ready module with random weights on `device` and a synthetic batch, for timing one iteration
+    (`module.training_step_for_bench(batch)`) without a Trainer, data or downloads."""
+    from .data.batches import SubjectBatch
+    from .models.quantizer import multiscale_quantize
+    from .module import PriorConfig, SubjectTuningModule
+    from .tuning.prior_bank import InMemoryPriorBank
+
+    device = torch.device(device)
+    m = SubjectTuningModule(
+        preset=preset,
+        prior=PriorConfig(source=prior_source),
+        gradient_checkpointing=bool(gradient_checkpointing),
+        frozen_dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
+        init_device=str(device),
+    )
+    m.to(device)
+    m._cast_frozen()
+    m._move_frozen()
+    p = m.preset
+    schedule = p.schedule(1.0, pn)
+    vae_schedule = p.vae_schedule(schedule)
+    g = torch.Generator().manual_seed(0)
+    H, W = vae_schedule[-1]
+    z = torch.randn(batch_size, p.vae.codebook_dim, H, W, generator=g)
+    q = multiscale_quantize(z, vae_schedule, p.patchify)
+    feats = torch.randn(batch_size, text_len, p.infinity.text_channels, generator=g) * 0.2
+    lengths = torch.full((batch_size,), text_len)
+    batch = SubjectBatch(
+        pixels_B3HW=torch.zeros(batch_size, 3, H * p.vae.patch_size, W * p.vae.patch_size),
+        z_BdHW=z,
+        bits_BLd=q.bits_BLd,
+        x_BLd_wo_prefix=q.x_BLd_wo_prefix,
+        instance_text=TextBatch(feats, lengths),
+        instance_placeholder_B=torch.full((batch_size,), min(3, text_len - 1)),
+        class_text=TextBatch(feats[:, :-1].contiguous(), lengths - 1),
+        instance_prompts=["bench"] * batch_size,
+        class_prompts=["bench"] * batch_size,
+        schedule=schedule,
+        vae_schedule=vae_schedule,
+    ).to(device)
+    if prior_source == "bank":
+        gen = torch.Generator(device=device).manual_seed(1)
+        m._bank = InMemoryPriorBank(m.teacher_samples(batch.class_text, schedule, gen))
+        m._class_text = batch.class_text
+        m._release_teacher()
+    return m, batch

@@ -45,7 +45,7 @@ from .tuning.losses import (
     scale_weighted_loss,
     soft_distill,
 )
-from .tuning.prior_bank import PriorBank, PriorBankConfig, PriorBatch
+from .tuning.prior_bank import InMemoryPriorBank, PriorBank, PriorBankConfig, PriorBatch
 from .tuning.scale_weights import ScaleWeights
 from .tuning.self_correction import SelfCorrectionConfig, self_correct
 from .tuning.subject_embedding import PLACEHOLDER, SubjectEmbedding
@@ -219,7 +219,7 @@ class SubjectTuningModule(pl.LightningModule):
             "teacher": None,
         }
         self._text_encoder_id = text_encoder or self.preset.text_encoder
-        self._bank: PriorBank | _InMemoryBank | None = None
+        self._bank: PriorBank | InMemoryPriorBank | None = None
         self._bank_store: PriorBank | None = None  # the on-disk bank behind `_bank`
         self._class_text: TextBatch | None = None
         self.validation_outputs: list[dict[str, Any]] = []
@@ -483,7 +483,7 @@ class SubjectTuningModule(pl.LightningModule):
         if len(bank) * L * d * 13 <= BANK_IN_MEMORY_BYTES:  # bits 1 + inputs 4 + logits 8 bytes per bit
             # Small enough to live on the device: no disk reads inside the training step.
             every = bank.batch(list(range(len(bank))))
-            self._bank = _InMemoryBank(PriorBatch(*(t.to(self.device) for t in vars(every).values())))
+            self._bank = InMemoryPriorBank(PriorBatch(*(t.to(self.device) for t in vars(every).values())))
         self._release_teacher()
 
     def _release_teacher(self) -> None:
@@ -708,74 +708,3 @@ class SubjectTuningModule(pl.LightningModule):
         }
         vectors = self.subject_embedding.vectors if self.subject_embedding is not None else None
         return save_adapter(path, self.adapter_tensors(), vectors, meta)
-
-
-class _InMemoryBank:
-    """A prior bank held in memory (benchmarks): the same `len` / `batch(indices)` as `PriorBank`."""
-
-    def __init__(self, samples: PriorBatch):
-        self.samples = samples
-
-    def __len__(self) -> int:
-        return self.samples.bits_BLd.shape[0]
-
-    def batch(self, indices: torch.Tensor) -> PriorBatch:
-        s = self.samples
-        idx = indices.to(s.bits_BLd.device)
-        return PriorBatch(s.prompt_index_B[idx], s.bits_BLd[idx], s.x_BLd_wo_prefix[idx], s.logits_BLV[idx])
-
-
-def build_bench_module(
-    preset: str,
-    prior_source: str,
-    device: torch.device,
-    dtype: torch.dtype,
-    batch_size: int,
-    pn: str | None = None,
-    text_len: int = 24,
-    gradient_checkpointing: bool | None = None,
-) -> tuple[SubjectTuningModule, Any]:
-    """A ready module with random weights on `device` and a synthetic batch, for timing one iteration
-    (`module.training_step_for_bench(batch)`) without a Trainer, data or downloads."""
-    from .data.batches import SubjectBatch
-    from .models.quantizer import multiscale_quantize
-
-    device = torch.device(device)
-    m = SubjectTuningModule(
-        preset=preset,
-        prior=PriorConfig(source=prior_source),
-        gradient_checkpointing=bool(gradient_checkpointing),
-        frozen_dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
-        init_device=str(device),
-    )
-    m.to(device)
-    m._cast_frozen()
-    m._move_frozen()
-    p = m.preset
-    schedule = p.schedule(1.0, pn)
-    vae_schedule = p.vae_schedule(schedule)
-    g = torch.Generator().manual_seed(0)
-    H, W = vae_schedule[-1]
-    z = torch.randn(batch_size, p.vae.codebook_dim, H, W, generator=g)
-    q = multiscale_quantize(z, vae_schedule, p.patchify)
-    feats = torch.randn(batch_size, text_len, p.infinity.text_channels, generator=g) * 0.2
-    lengths = torch.full((batch_size,), text_len)
-    batch = SubjectBatch(
-        pixels_B3HW=torch.zeros(batch_size, 3, H * p.vae.patch_size, W * p.vae.patch_size),
-        z_BdHW=z,
-        bits_BLd=q.bits_BLd,
-        x_BLd_wo_prefix=q.x_BLd_wo_prefix,
-        instance_text=TextBatch(feats, lengths),
-        instance_placeholder_B=torch.full((batch_size,), min(3, text_len - 1)),
-        class_text=TextBatch(feats[:, :-1].contiguous(), lengths - 1),
-        instance_prompts=["bench"] * batch_size,
-        class_prompts=["bench"] * batch_size,
-        schedule=schedule,
-        vae_schedule=vae_schedule,
-    ).to(device)
-    if prior_source == "bank":
-        gen = torch.Generator(device=device).manual_seed(1)
-        m._bank = _InMemoryBank(m.teacher_samples(batch.class_text, schedule, gen))
-        m._class_text = batch.class_text
-        m._release_teacher()
-    return m, batch

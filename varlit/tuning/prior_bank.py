@@ -329,3 +329,18 @@ class PriorBank:
             "status": self.status(),
             **asdict(self.cfg),
         }
+
+
+class InMemoryPriorBank:
+    """Bank samples held in (device) memory: the same `len` / `batch(indices)` as `PriorBank`."""
+
+    def __init__(self, samples: PriorBatch):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return self.samples.bits_BLd.shape[0]
+
+    def batch(self, indices: torch.Tensor) -> PriorBatch:
+        s = self.samples
+        idx = indices.to(s.bits_BLd.device)
+        return PriorBatch(s.prompt_index_B[idx], s.bits_BLd[idx], s.x_BLd_wo_prefix[idx], s.logits_BLV[idx])
