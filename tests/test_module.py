@@ -266,3 +266,19 @@ def test_invalid_freeze_spec_fails_before_any_model_is_loaded(monkeypatch):
         )
     with pytest.raises(ValueError, match="prior.source"):
         SubjectTuningModule(preset="tiny", prior=PriorConfig(source="disk"))
+
+
+def test_bf16_mixed_with_bf16_frozen_weights_and_checkpointing(tmp_path, subject_dir, cache_dir):
+    """The GPU recipe (bf16-mixed, bf16 frozen weights, block checkpointing, prior bank), run on CPU."""
+    bank = PriorBankConfig(root=str(tmp_path / "bank"), num_samples=2, shard_size=2, batch_size=2)
+    m = SubjectTuningModule(
+        preset="tiny",
+        frozen_dtype="bfloat16",
+        gradient_checkpointing=True,
+        prior=PriorConfig(source="bank", bank=bank),
+    )
+    rec = LossRecorder()
+    trainer(tmp_path, 2, callbacks=[rec], precision="bf16-mixed").fit(m, _dm(subject_dir, cache_dir))
+    assert len(rec.losses) == 2 and all(torch.isfinite(torch.tensor(rec.losses)))
+    dtypes = {p.requires_grad: p.dtype for p in m.student.parameters()}
+    assert dtypes == {True: torch.float32, False: torch.bfloat16}  # fp32 master weights, bf16 frozen

@@ -445,8 +445,11 @@ class SubjectTuningModule(pl.LightningModule):
         )
 
     def _autocast_bf16(self) -> bool:
-        default = "bf16-mixed" if self.device.type == "cuda" else "32"  # no trainer: benchmarks
-        return self.device.type == "cuda" and "bf16" in str(getattr(self._trainer, "precision", default))
+        """bf16 autocast under bf16-mixed, and whenever frozen weights are bf16 (they need it to mix
+        with float32 activations, e.g. in a benchmark without a Trainer)."""
+        if self._trainer is not None and "bf16" in str(self._trainer.precision):
+            return True
+        return any(p.dtype == torch.bfloat16 for p in self.student.parameters() if not p.requires_grad)
 
     def _class_prompts_text(self) -> tuple[TextBatch, list]:
         dm = self.trainer.datamodule
@@ -565,7 +568,8 @@ class SubjectTuningModule(pl.LightningModule):
         """One full iteration without a Trainer (see `build_bench_module`): same maths, no logging."""
         if self._standalone_optimizer is None:
             self._standalone_optimizer = self.configure_optimizers()
-        return self._training_step(batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._autocast_bf16()):
+            return self._training_step(batch)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         # Every random draw of a step comes from seeds of (seed, step): a resumed run repeats the same steps.
