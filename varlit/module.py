@@ -418,9 +418,6 @@ class SubjectTuningModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------ prior
 
-    def _prior_sampling(self) -> SamplingConfig:
-        return self.prior_cfg.sampling
-
     def teacher_samples(
         self, class_text: TextBatch, schedule, generator: torch.Generator | None
     ) -> PriorBatch:
@@ -431,7 +428,7 @@ class SubjectTuningModule(pl.LightningModule):
                 None,
                 class_text,
                 schedule,
-                self._prior_sampling(),
+                self.prior_cfg.sampling,
                 generator=generator,
                 patchify=self.preset.patchify,
                 return_logits=True,
@@ -464,7 +461,7 @@ class SubjectTuningModule(pl.LightningModule):
             "tuned_tensors_of_teacher": sorted(self.mask.trainable),
             "schedule": [list(s) for s in schedule],
             "class_prompts": list(dm.class_prompts),
-            "sampling": asdict(self._prior_sampling()),
+            "sampling": asdict(self.prior_cfg.sampling),
             "text_encoder": self._text_encoder_id,
         }
 
@@ -500,13 +497,7 @@ class SubjectTuningModule(pl.LightningModule):
             idx = torch.randint(len(self._bank), (n,), generator=generator, device=generator.device).cpu()
             pb = self._bank.batch(idx)
             text = self._class_text.index(pb.prompt_index_B.to(self._class_text.lengths_B.device))
-            pb = PriorBatch(
-                *(
-                    t.to(self.device)
-                    for t in (pb.prompt_index_B, pb.bits_BLd, pb.x_BLd_wo_prefix, pb.logits_BLV)
-                )
-            )
-            return pb, text
+            return PriorBatch(*(t.to(self.device) for t in vars(pb).values())), text
         text = (
             batch.class_text
             if n == len(batch)

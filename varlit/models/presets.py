@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,7 +27,6 @@ class Preset:
     vae_weights: str | None = None
     hf_repo: str = HF_REPO
     notes: str = ""
-    extra: dict = field(default_factory=dict)
 
     def schedule(self, h_div_w: float = 1.0, pn: str | None = None) -> Schedule:
         """Token grids of the transformer (the VAE grids are twice as fine with patchify)."""
