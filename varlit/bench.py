@@ -58,7 +58,7 @@ from .models.sampler import SamplingConfig, make_generator, sample
 from .models.schedules import Schedule, num_tokens, scale_token_offsets
 from .models.text import TextBatch
 from .models.vae import BSQVAE
-from .pipeline import resolve_device, resolve_dtype
+from .pipeline import load_base, resolve_device, resolve_dtype
 
 H100_BF16_TFLOPS = 798.0  # dense bf16 measured on the H100s this project benchmarks on (issue 7)
 PRIOR_SOURCES = ("online", "bank")
@@ -358,28 +358,6 @@ def cpu_model() -> str:
 # Random models and inputs
 
 
-def build_random_models(
-    preset: Preset, device: torch.device, dtype: torch.dtype, seed: int = 0
-) -> tuple[Infinity, BSQVAE]:
-    """Seeded random transformer built directly on `device` in `dtype`, and a float32 random VAE.
-
-    Building under the target default dtype avoids a float32 copy of the real shapes (8.6 GB for 2B).
-    The VAE stays float32 like `Pipeline`'s (it runs under bf16 autocast there).
-    """
-    prev = torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        try:
-            torch.set_default_dtype(dtype)
-            with torch.device(device):
-                model = Infinity(preset.infinity)
-        finally:
-            torch.set_default_dtype(prev)
-        with torch.device(device):
-            vae = BSQVAE(preset.vae)
-    return model.eval().requires_grad_(False), vae.eval().requires_grad_(False)
-
-
 def random_text(
     cfg: InfinityConfig, batch: int, text_len: int, device: torch.device, dtype: torch.dtype, seed: int
 ) -> TextBatch:
@@ -633,7 +611,8 @@ def run_bench(
     results: dict = {}
 
     if "sampling" in parts or "vae" in parts:
-        model, vae = build_random_models(p, dev, dt, seed)
+        model, vae = load_base(p, None, None, dev, dt, init_seed=seed, random_init=True)
+        model.eval().requires_grad_(False)
         if "sampling" in parts:
             results["sampling"] = [
                 bench_sampling(model, vae, p, schedule, b, sampling, text_len, warmup, steps, seed)
@@ -793,7 +772,6 @@ __all__ = [
     "FlopCount",
     "TrainableLayout",
     "attention_pairs",
-    "build_random_models",
     "forward_flops",
     "layout_of",
     "main",

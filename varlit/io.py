@@ -9,11 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)`, then move the finished file into place (same directory, so os.replace is atomic)."""
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[str], None], tmp_prefix: str | None = None
+) -> Path:
+    """Call `write(tmp_path)`, then move the finished file into place (same directory, so os.replace is atomic).
+
+    `tmp_prefix` names the temporary file, for owners that sweep up leftovers of killed writes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = f".{path.name}." if tmp_prefix is None else tmp_prefix
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)

@@ -56,11 +56,21 @@ def load_base(
     weights = weights or p.weights
     vae_weights = vae_weights or p.vae_weights
     random_init = (weights is None) if random_init is None else random_init
-    if random_init:  # built where it will run: no host copy of a large random model
+    if random_init:
+        # Built where it will run, in its dtype: no host or float32 copy of a large random model.
+        # The VAE stays float32 (it runs under autocast).
+        prev = torch.get_default_dtype()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(init_seed)
-            model, vae = p.build(device)
-        return model.to(dtype), vae
+            try:
+                torch.set_default_dtype(dtype)
+                with torch.device(device):
+                    model = Infinity(p.infinity)
+            finally:
+                torch.set_default_dtype(prev)
+            with torch.device(device):
+                vae = BSQVAE(p.vae).eval().requires_grad_(False)
+        return model, vae
     model, vae = p.build("meta")
     load_checkpoint(model, weights, p.hf_repo, dtype=dtype, device=device)
     if vae_weights is None:

@@ -40,6 +40,7 @@ from ..models.loading import CheckpointError
 from ..models.sampler import to_uint8
 from ..models.schedules import image_size, nearest_h_div_w
 from ..pipeline import Pipeline, slugify
+from ..tuning.adapter import read_adapter_meta
 from .config import EvalConfig
 from .metrics import METRIC_NAMES, SubjectMetrics, SubjectSamples, SubjectScores
 from .preprocess import load_images
@@ -211,18 +212,7 @@ def resolve_adapters(spec: list[str] | str | None, subjects: list[str], run: Run
 
 def check_adapter_header(path: Path, preset: str) -> dict[str, Any]:
     """Cheap check (header only) that an adapter fits the preset, before any sampling starts."""
-    from safetensors import safe_open
-
-    from ..tuning.adapter import FORMAT
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-    except Exception as err:  # safetensors raises its own error types for garbled files
-        raise CheckpointError(f"{path}: cannot read adapter ({type(err).__name__}: {err})") from None
-    if header.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a varlit adapter (format {header.get('format')!r})")
-    meta = json.loads(header.get("meta", "{}"))
+    meta = read_adapter_meta(path)
     if meta.get("preset") and meta["preset"] != preset:
         raise CheckpointError(
             f"{path}: adapter was trained on preset {meta['preset']!r}, eval uses {preset!r}"

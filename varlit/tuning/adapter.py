@@ -48,20 +48,35 @@ def save_adapter(
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
-def read_adapter(path: str | os.PathLike) -> Adapter:
-    path = Path(path)
+def _open(path: Path):
     if not path.exists():
         raise CheckpointError(f"adapter not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return safe_open(str(path), framework="pt")
     except Exception as err:  # safetensors raises its own error types for truncated/garbled files
         raise CheckpointError(f"{path}: cannot read adapter ({type(err).__name__}: {err})") from None
+
+
+def _meta(path: Path, header: dict[str, str]) -> dict[str, Any]:
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a varlit adapter (format {header.get('format')!r})")
+    return json.loads(header.get("meta", "{}"))
+
+
+def read_adapter_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The adapter's config only (header, no tensors): a cheap check before any work starts."""
+    path = Path(path)
+    with _open(path) as f:
+        return _meta(path, f.metadata() or {})
+
+
+def read_adapter(path: str | os.PathLike) -> Adapter:
+    path = Path(path)
+    with _open(path) as f:
+        meta = _meta(path, f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     model = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
-    return Adapter(model, tensors.get(EMBEDDING_KEY), json.loads(header.get("meta", "{}")))
+    return Adapter(model, tensors.get(EMBEDDING_KEY), meta)
 
 
 def apply_adapter_tensors(

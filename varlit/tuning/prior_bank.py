@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +34,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from varlit.io import atomic_write
+
 FORMAT = 1
+TMP_PREFIX = ".tmp-"  # temporary files of unfinished writes, removed when a build starts
 INDEX = "index.json"
 _SHARD = re.compile(r"^shard-\d{5}\.safetensors$")
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -83,27 +84,12 @@ class StaleBankError(RuntimeError):
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), tmp_prefix=TMP_PREFIX)
 
 
 def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    contiguous = {k: v.contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata), tmp_prefix=TMP_PREFIX)
 
 
 def _shard_seed(seed: int, shard: int) -> int:
@@ -207,7 +193,7 @@ class PriorBank:
         """
         self._complete = False
         self.root.mkdir(parents=True, exist_ok=True)
-        for tmp in self.root.glob(".tmp-*"):
+        for tmp in self.root.glob(f"{TMP_PREFIX}*"):
             tmp.unlink(missing_ok=True)
         index = self._read_index()
         if index is not None and index.get("config_hash") != self.config_hash:
