@@ -37,3 +37,15 @@ def trainer(root: Path, max_steps: int, callbacks=None, **kw) -> pl.Trainer:
         callbacks=callbacks or [],
         **kw,
     )
+
+
+# The parity cases and release manifests ship with the repository, so a plain clone runs the parity tests.
+VENDORED_PARITY_DIR = Path(__file__).resolve().parent / "fixtures" / "parity"
+
+
+def parity_dir() -> Path:
+    """`$VARLIT_PARITY_DIR` when set (other case folders), else the vendored tests/fixtures/parity."""
+    import os
+
+    env = os.environ.get("VARLIT_PARITY_DIR")
+    return Path(env) if env else VENDORED_PARITY_DIR

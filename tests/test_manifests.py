@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import parity_dir
 from varlit.models.presets import get_preset
 
-MANIFESTS = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "manifests"
+MANIFESTS = parity_dir() / "manifests"
 
 CASES = [
     ("infinity-2b", "transformer", "infinity_2b.json"),
@@ -27,8 +27,7 @@ def _entries(module: torch.nn.Module) -> list[tuple[str, list[int], str]]:
 @pytest.mark.parametrize(("preset", "part", "manifest"), CASES, ids=[f"{p}-{m}" for p, _, m in CASES])
 def test_state_dict_matches_release(preset: str, part: str, manifest: str):
     path = MANIFESTS / manifest
-    if not path.exists():
-        pytest.skip(f"manifest {path} not available")
+    assert path.is_file(), f"manifest {path} missing"
     expected = json.loads(path.read_text())
     model, vae = get_preset(preset).build(device="meta")
     module = model if part == "transformer" else vae

@@ -1,4 +1,5 @@
-"""Parity with the official Infinity code on the golden cases of `$VARLIT_PARITY_DIR` (../shared/parity).
+"""Parity with the official Infinity code on the golden cases of `$VARLIT_PARITY_DIR` (default: the vendored
+tests/fixtures/parity, which holds case-a and case-p, the 8B's spatial-patchify path).
 
 Every sub-directory holding a config.json is a case; everything is read from it (widths, schedules,
 aspect ratios, per-scale cfg/tau). Tolerances follow the fixtures' README.
@@ -7,13 +8,13 @@ aspect ratios, per-scale cfg/tau). Tolerances follow the fixtures' README.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import VENDORED_PARITY_DIR, parity_dir
 from varlit.models.infinity import Infinity, rope_cos_sin
 from varlit.models.loading import load_into
 from varlit.models.presets import infinity_config_from_official, vae_config_from_official
@@ -22,26 +23,24 @@ from varlit.models.sampler import SamplingConfig, sample, to_uint8
 from varlit.models.text import TextBatch
 from varlit.models.vae import BSQVAE
 
-DEFAULT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "parity"
-
-
-def _case_dirs() -> list[Path]:
-    env = os.environ.get("VARLIT_PARITY_DIR")
-    root = Path(env) if env else DEFAULT_DIR
-    if not env and not root.exists():
-        return []
-    return sorted(p.parent for p in root.glob("*/config.json") if p.parent.name != "manifests")
-
-
-CASES = _case_dirs()
+ROOT = parity_dir()
+CASES = sorted(p.parent for p in ROOT.glob("*/config.json") if p.parent.name != "manifests")
 
 
 def test_parity_dir_has_cases():
-    """A parity folder that was asked for but holds no case is a failure, not a skip."""
-    env = os.environ.get("VARLIT_PARITY_DIR")
-    if not env and not DEFAULT_DIR.exists():
-        pytest.skip("no parity fixtures: VARLIT_PARITY_DIR unset and ../shared/parity absent")
-    assert CASES, f"no parity case (a folder with config.json) under {env or DEFAULT_DIR}"
+    """The parity folder holds cases; never a skip (the public cases are vendored in the repository)."""
+    assert CASES, f"no parity case (a folder with config.json) under {ROOT}"
+
+
+def test_vendored_cases_include_the_patchify_path():
+    """case-a and case-p (the 8B's spatial patchify, 2x2 latent codes per token) travel with the project."""
+    names = {p.parent.name for p in VENDORED_PARITY_DIR.glob("*/config.json")}
+    assert {"case-a", "case-p"} <= names
+    cfg = json.loads((VENDORED_PARITY_DIR / "case-p" / "config.json").read_text())
+    assert cfg["infinity"]["all_arguments"]["apply_spatial_patchify"] == 1
+    assert cfg["d"] == 4 * cfg["vae"]["args"]["codebook_dim"]
+    for part in ("model", "vae", "io"):
+        assert (VENDORED_PARITY_DIR / "case-p" / f"{part}.safetensors").stat().st_size > 0
 
 
 class Case:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from tests.helpers import parity_dir
 from varlit.tuning.freeze import (
     KINDS,
     PRESETS,
@@ -363,10 +362,8 @@ def test_jsonargparse_reads_the_config_from_yaml() -> None:
 
 
 def _manifest(name: str) -> dict:
-    root = Path(os.environ.get("VARLIT_PARITY_DIR", "/work/shared/parity"))
-    path = root / "manifests" / f"{name}.json"
-    if not path.exists():
-        pytest.skip(f"parity manifest {path} not available")
+    path = parity_dir() / "manifests" / f"{name}.json"
+    assert path.is_file(), f"parity manifest {path} missing"
     return json.loads(path.read_text())
 
 
