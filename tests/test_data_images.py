@@ -283,3 +283,22 @@ def test_on_bad_image_value_is_checked(tmp_path):
     _three_good(tmp_path / "s")
     with pytest.raises(ValueError, match="on_bad_image must be 'error' or 'skip', got 'ignore'"):
         load_subject_photos(tmp_path / "s", on_bad_image="ignore")  # type: ignore[arg-type]
+
+
+def _coordinate_photo(w: int, h: int) -> Image.Image:
+    """Red = column, green = row: every pixel says where it came from."""
+    x = np.broadcast_to(np.arange(w, dtype=np.uint8)[None, :], (h, w))
+    y = np.broadcast_to(np.arange(h, dtype=np.uint8)[:, None], (h, w))
+    return Image.fromarray(np.ascontiguousarray(np.stack([x, y, np.zeros_like(x)], -1)))
+
+
+@pytest.mark.parametrize(("w", "h", "left", "top"), [(100, 60, 20, 0), (60, 100, 0, 20), (60, 90, 0, 15)])
+def test_the_default_crop_is_centred(w: int, h: int, left: int, top: int):
+    """A 60x60 target needs no resize here, so the crop's corner pixels give its exact offset: the slack
+    of the long side is split evenly (wide photos lose columns on both sides, tall ones rows)."""
+    for box in (None, CropBox()):
+        out = np.asarray(resize_and_crop(_coordinate_photo(w, h), (60, 60), box=box))
+        assert out.shape == (60, 60, 3)
+        assert (out[0, 0, 0], out[0, 0, 1]) == (left, top)
+        assert (out[-1, -1, 0], out[-1, -1, 1]) == (left + 59, top + 59)
+        assert (w - 60 - left, h - 60 - top) == (left, top)  # as much cut after as before

@@ -340,3 +340,22 @@ def test_tiny_clip_tokenizer_is_deterministic_and_reads_prompts():
     ids = a("a dog on the beach")["input_ids"]
     assert ids[0] == a.bos_token_id and ids[-1] == a.eos_token_id
     assert a.unk_token_id not in ids[1:-1] and len(ids) == 7  # whole words learned by the BPE
+
+
+def test_pres_samples_the_bare_class_prompt_with_the_adapter(world, tmp_path, monkeypatch):
+    """PRES compares the tuned model's samples of "a photo of {class}" (no placeholder) with the photos."""
+    calls: list[tuple[list[str], bool]] = []
+    generate = Pipeline.generate
+
+    def recording_generate(self, prompts, *args, **kwargs):
+        calls.append((list(prompts), self.subject is not None and bool(self.base_backup)))
+        return generate(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "generate", recording_generate)
+    doc = run_eval(world, tmp_path / "pres", "--eval.subjects", "[alpha]", "--eval.seeds", "[0]")
+    bare = [(p, tuned) for p, tuned in calls if not any("<placeholder>" in q for q in p)]
+    assert bare == [(["a photo of toy", "a photo of toy"], True)]  # 2 class samples, adapter applied
+    subject_prompts = [q for p, _ in calls for q in p if "<placeholder>" in q]
+    assert subject_prompts and all("<placeholder> toy" in q for q in subject_prompts)
+    assert len(list((tmp_path / "pres" / "images" / "alpha" / "_class").glob("*.png"))) == 2
+    assert doc["subjects"]["alpha"]["pres"] is not None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pytest
@@ -96,13 +95,20 @@ def test_truncated_and_pickled_checkpoints_fail_cleanly(tmp_path, tiny_models):
     with pytest.raises(CheckpointError, match="trunc.pth"):
         read_state_dict(tmp_path / "trunc.pth")
 
+    marker = tmp_path / "PWNED"
+
     class Evil:
         def __reduce__(self):
-            return (os.system, ("echo pwned",))
+            return (open, (str(marker), "w"))  # creates the marker if the pickle ever runs
 
     torch.save({"x": Evil()}, tmp_path / "evil.pth", _use_new_zipfile_serialization=True)
     with pytest.raises(CheckpointError, match="evil.pth"):
         read_state_dict(tmp_path / "evil.pth")
+    # the error alone proves nothing (a later "not a dict of tensors" check raises it too): the payload
+    # must never have run
+    assert not marker.exists()
+    torch.load(tmp_path / "evil.pth", weights_only=False)  # the check of the check: unpickling runs it
+    assert marker.exists()
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="junk.safetensors"):
         read_state_dict(tmp_path / "junk.safetensors")

@@ -194,11 +194,28 @@ def test_invalid_specs_fail_before_any_model(spec: FreezeConfig, depth: int, nee
 
 
 def test_valid_specs_pass_validation() -> None:
+    """Valid specs pass, and what they then select is what they say."""
+    names = _names(FakeInfinity(depth=4, chunks=2))
     for name in PRESETS:
-        validate(FreezeConfig(preset=name), 32)
-    validate(FreezeConfig(), 4)  # no preset, no list: arbooth
-    validate(FreezeConfig(trainable=[]), 4)  # subject embedding only
-    validate(FreezeConfig(trainable=[{"blocks": "1-2", "modules": ["sa", "ada"]}]), 4)
+        assert validate(FreezeConfig(preset=name), 32) is None
+        assert validate(FreezeConfig(preset=name), 4) is None
+        assert resolve_mask(FreezeConfig(preset=name), 4, names).trainable  # selects something
+    default = FreezeConfig()  # no preset, no list: arbooth
+    assert validate(default, 4) is None
+    assert (
+        resolve_mask(default, 4, names).trainable
+        == resolve_mask(FreezeConfig(preset="arbooth"), 4, names).trainable
+    )
+    only_subject = FreezeConfig(trainable=[])  # subject embedding only
+    assert validate(only_subject, 4) is None and only_subject.subject_embedding
+    assert resolve_mask(only_subject, 4, names).trainable == set()
+    listed = FreezeConfig(trainable=[{"blocks": "1-2", "modules": ["sa", "ada"]}])
+    assert validate(listed, 4) is None
+    want = _pick(names, BLOCK.format(c="0", j="1") + r"(sa\.|ada_gss)") | _pick(
+        names, BLOCK.format(c="1", j="0") + r"(sa\.|ada_gss)"
+    )
+    want |= _pick(names, r"(shared_ada_lin|head_nm)\.")  # `ada` also owns the global AdaLN tensors
+    assert resolve_mask(listed, 4, names).trainable == want
 
 
 # ---- presets on the official names ----------------------------------------------------------------
