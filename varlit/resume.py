@@ -1,0 +1,147 @@
+"""`--ckpt_path`: which file, whether it is a `varlit fit` checkpoint, and whether it fits this run.
+
+The command line (config files and flags) is what a resumed run uses: a checkpoint's saved settings never
+overlay it (Lightning's CLI would, silently replacing explicit flags and following paths stored in the file).
+Instead a setting that differs from the checkpoint's stops the run with the fields named, except the few that
+only change how the run executes (device, recomputation, validation, data loading paths).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models.loading import CheckpointError
+
+log = logging.getLogger(__name__)
+
+# Settings a resume may change: they do not change what is trained.
+MODEL_MAY_DIFFER = frozenset(
+    {"init_device", "gradient_checkpointing", "val_sampling", "val_seed", "val_class_samples", "frozen_dtype"}
+)
+DATA_MAY_DIFFER = frozenset(
+    {"cache_dir", "num_workers", "dreambench_root", "subject_dir", "val_batch_size", "val_prompts"}
+)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """`last` -> `<run dir>/checkpoints/last.ckpt` when it exists (else a fresh start, said so); paths as given."""
+    if ckpt_path != "last":
+        return ckpt_path
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return str(last)
+    log.warning("--ckpt_path last: %s does not exist yet; starting from step 0", last)
+    return None
+
+
+def read_fit_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint of `varlit fit` safely (no pickled code), or fail with one line."""
+    p = Path(path).expanduser()
+    where = f"--ckpt_path {p}"
+    if not p.exists():
+        raise CheckpointError(f"{where}: no such file")
+    if p.is_dir():
+        raise CheckpointError(
+            f"{where} is a folder; pass the checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)"
+        )
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{where} is empty (0 bytes): a write that never finished?")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated zips, random bytes, pickles with forbidden globals ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{where}: cannot read it ({type(err).__name__}: {first[:200]})") from None
+    if (
+        not isinstance(ckpt, dict)
+        or not isinstance(ckpt.get("state_dict"), dict)
+        or "global_step" not in ckpt
+    ):
+        if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            raise CheckpointError(
+                f"{where} is a plain state dict, not a `varlit fit` checkpoint; base weights go in --model.weights"
+            )
+        raise CheckpointError(f"{where} is not a `varlit fit` checkpoint (no state_dict and global_step)")
+    return ckpt
+
+
+def check_fits_module(ckpt: Mapping[str, Any], module: torch.nn.Module, path: str) -> None:
+    """Every tensor of the checkpoint exists in the module with the same shape, and none it trains is missing."""
+    own = module.state_dict()
+    state = ckpt["state_dict"]
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    unknown = [k for k in state if k not in own]
+    wrong = [
+        f"{k} {tuple(v.shape)} (this run: {tuple(own[k].shape)})"
+        for k, v in state.items()
+        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
+    ]
+    missing = [k for k in sorted(_trained_names(module)) if k not in state]
+    problems = [
+        f"{name}: {', '.join(keys[:3])}" + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+        for name, keys in (
+            ("not tensors", not_tensors),
+            ("unknown tensors", unknown),
+            ("wrong shapes", wrong),
+            ("missing tensors", missing),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"--ckpt_path {path} does not fit this run's model: {'; '.join(problems)}")
+
+
+def _trained_names(module: torch.nn.Module) -> set[str]:
+    """The tensors a fit checkpoint of this module holds: the student's trainable ones and the subject vectors."""
+    mask = getattr(module, "mask", None)
+    names = {f"student.{k}" for k in getattr(mask, "trainable", ())}
+    emb = getattr(module, "subject_embedding", None)
+    if emb is not None:
+        names |= {f"subject_embedding.{k}" for k, _ in emb.named_parameters()}
+    return names
+
+
+def _flat(d: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(d, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}.{k}"))
+        return out
+    if isinstance(d, tuple):
+        d = list(d)
+    return {prefix: d}
+
+
+def _differences(saved: Mapping[str, Any], now: Mapping[str, Any], section: str, may: frozenset) -> list[str]:
+    out = []
+    for key in sorted(set(saved) & set(now)):
+        if key in may or key.startswith("_"):
+            continue
+        a, b = _flat(saved[key], f"{section}.{key}"), _flat(now[key], f"{section}.{key}")
+        for name in sorted(set(a) | set(b)):
+            if a.get(name) != b.get(name):
+                out.append(f"{name} is {a.get(name)!r} in the checkpoint, {b.get(name)!r} now")
+    return out
+
+
+def check_settings(
+    ckpt: Mapping[str, Any],
+    model_hparams: Mapping[str, Any],
+    data_hparams: Mapping[str, Any] | None,
+    path: str,
+) -> None:
+    """Stop, naming the fields, when this run's settings differ from those the checkpoint was trained with."""
+    diffs = _differences(ckpt.get("hyper_parameters") or {}, dict(model_hparams), "model", MODEL_MAY_DIFFER)
+    saved_data = ckpt.get("datamodule_hyper_parameters")
+    if saved_data and data_hparams is not None:
+        diffs += _differences(saved_data, dict(data_hparams), "data", DATA_MAY_DIFFER)
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise CheckpointError(
+            f"--ckpt_path {path} was trained with other settings: {shown}. Resume with the settings it was "
+            "trained with, or start a new run (another --run.name) to change them"
+        )
