@@ -49,3 +49,17 @@ def parity_dir() -> Path:
 
     env = os.environ.get("VARLIT_PARITY_DIR")
     return Path(env) if env else VENDORED_PARITY_DIR
+
+
+class BatchPathRecorder(pl.Callback):
+    """Writes the photos of every training batch of this rank to `<folder>/rank<r>.txt`, one batch a line
+    (for subprocess runs, e.g. DDP through the CLI: `--trainer.callbacks+=tests.helpers.BatchPathRecorder`)."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        names = " ".join(Path(p).name for p in batch.paths)
+        with open(self.folder / f"rank{trainer.global_rank}.txt", "a") as f:
+            f.write(f"{trainer.global_step} {names}\n")

@@ -101,8 +101,48 @@ def test_kv_cached_sampling_equals_teacher_forced_forward(h_div_w: float, patchi
     )
     with torch.no_grad():
         tf = model(text, out.x_BLd_wo_prefix, schedule)
+        # the unconditional rows: the learned null prompt, as long as each prompt
+        tf_uncond = model(model.unconditional(text.lengths_B), out.x_BLd_wo_prefix, schedule)
     assert out.cond_logits_BLV.shape == tf.shape == (2, num_tokens(schedule), 2 * bits)
     torch.testing.assert_close(out.cond_logits_BLV, tf, atol=2e-5, rtol=1e-5)
+    # what the bits were drawn from: cfg * z_c + (1 - cfg) * z_u (tau 1), both recomputed without the cache
+    assert not torch.allclose(tf, tf_uncond, atol=1e-3)
+    torch.testing.assert_close(out.logits_BLV, 3.0 * tf + (1 - 3.0) * tf_uncond, atol=1e-4, rtol=1e-5)
+
+
+def _hand_rope(rows: list[int], cols: list[int], head_dim: int) -> torch.Tensor:
+    """[2, n, c/2] cos/sin for tokens at (rows[i], cols[i]): pairs i < c/4 turn by row * 10000^(-4i/c),
+    pairs i >= c/4 by col * 10000^(-4(i - c/4)/c)."""
+    quarter = head_dim // 4
+    freq = torch.tensor([10000.0 ** (-4 * j / head_dim) for j in range(quarter)], dtype=torch.float32)
+    r = torch.tensor(rows, dtype=torch.float32)[:, None] * freq
+    c = torch.tensor(cols, dtype=torch.float32)[:, None] * freq
+    ang = torch.cat([r, c], -1)
+    return torch.stack([ang.cos(), ang.sin()])
+
+
+@pytest.mark.parametrize(
+    ("h_div_w", "rows", "cols"),
+    [
+        # square: the 1M reference grid is 64 x 64; scales 1x1, 2x2, 4x4 (row-major tokens)
+        (
+            1.0,
+            [0] + [0, 0, 32, 32] + [0] * 4 + [16] * 4 + [32] * 4 + [48] * 4,
+            [0] + [0, 32, 0, 32] + [0, 16, 32, 48] * 4,
+        ),
+        # h/w 0.5: reference grid 45 x 90; scales 1x1, 2x2, 2x4; 22.5 rounds to 22 and 67.5 to 68 (half to even)
+        (0.5, [0] + [0, 0, 22, 22] + [0] * 4 + [22] * 4, [0] + [0, 45, 0, 45] + [0, 22, 45, 68] * 2),
+    ],
+)
+def test_rope_positions_of_the_first_scales(h_div_w: float, rows: list[int], cols: list[int]):
+    """The RoPE table the sampler and the forward pass use, checked for the first three scales by hand."""
+    model = _tiny_model()
+    schedule = get_schedule(h_div_w, "0.06M")
+    n = len(rows)
+    assert n == num_tokens(schedule[:3])
+    table = model.rope(schedule, torch.device("cpu"))
+    assert table.shape == (2, num_tokens(schedule), model.cfg.head_dim // 2)
+    torch.testing.assert_close(table[:, :n], _hand_rope(rows, cols, model.cfg.head_dim), atol=1e-6, rtol=0)
 
 
 def test_training_forward_backward_and_gradient_checkpointing_agree():

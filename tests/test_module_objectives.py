@@ -329,3 +329,37 @@ def test_validation_metrics_score_clip_t_on_text_without_the_placeholder(tmp_pat
         assert "<placeholder>" not in ps.text and "<placeholder>" in ps.prompt
     # the logged CLIP-T is the one computed against the placeholder-free texts
     torch.testing.assert_close(scores.clip_t, metrics.score(samples).clip_t)
+
+
+def test_bf16_recipe_tracks_the_float32_run(tmp_path, subject_dir, cache_dir):
+    """bf16-mixed with bf16 frozen weights and block checkpointing computes the same training as float32:
+    the same losses to bf16 precision and updates in the same directions (not merely finite numbers)."""
+    import lightning.pytorch as pl
+
+    class Losses(pl.Callback):
+        def __init__(self):
+            self.values: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.values.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
+
+    runs = {}
+    for name, extra, precision in (
+        ("fp32", {}, "32-true"),
+        ("bf16", {"frozen_dtype": "bfloat16", "gradient_checkpointing": True}, "bf16-mixed"),
+    ):
+        m = SubjectTuningModule(
+            preset="tiny", prior=PriorConfig(loss="none"), optim=OptimConfig(lr=1e-3), **extra
+        )
+        before, rec = _trainable(m), Losses()
+        trainer(tmp_path / name, 2, callbacks=[rec], precision=precision).fit(m, _dm(subject_dir, cache_dir))
+        after = _trainable(m)
+        runs[name] = (rec.values, _flat({n: after[n] - before[n] for n in before}))
+    (loss32, upd32), (loss16, upd16) = runs["fp32"], runs["bf16"]
+    assert len(loss16) == 2 and all(torch.isfinite(torch.tensor(loss16)))
+    for a, b in zip(loss32, loss16):
+        assert abs(a - b) <= 2e-2 * abs(a), (loss32, loss16)
+    moved = upd32.abs() > 1e-4  # AdamW moves an element by about lr per step
+    agree = (upd32.sign() == upd16.sign())[moved].float().mean().item()
+    assert moved.float().mean() > 0.5 and agree > 0.9, agree
+    assert torch.nn.functional.cosine_similarity(upd32, upd16, dim=0) > 0.9
