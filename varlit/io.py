@@ -9,6 +9,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+class FolderError(ValueError):
+    """A folder that cannot be written to (a file in its place, or read-only for this user)."""
+
+
+def check_writable_dir(path: str | os.PathLike, what: str) -> None:
+    """Fail with one line if `path` cannot become a writable folder, without creating anything."""
+    path = Path(path).expanduser()
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        shown = "" if probe == path else f" (its parent {probe} is a file)"
+        raise FolderError(f"{what} {path} is not a folder{shown}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise FolderError(f"{what} {path} is not writable ({probe} is read-only for this user)")
+
+
 def atomic_write(
     path: str | os.PathLike, write: Callable[[str], None], tmp_prefix: str | None = None
 ) -> Path:

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from .io import FolderError, check_writable_dir
+
+__all__ = ["RunFolder", "RunFolderCallback", "RunFolderError", "check_writable_dir", "temp_files"]
+
 log = logging.getLogger(__name__)
 
 LOCK = ".lock"
@@ -33,23 +37,8 @@ FIT_OUTPUTS = (
 )
 
 
-class RunFolderError(ValueError):
+class RunFolderError(FolderError):
     """The run folder cannot be used as asked (in use, holds another run, not writable)."""
-
-
-def check_writable_dir(path: str | os.PathLike, what: str) -> None:
-    """Fail with one line if `path` cannot become a writable folder, without creating anything."""
-    path = Path(path).expanduser()
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        shown = "" if probe == path else f" (its parent {probe} is a file)"
-        raise RunFolderError(f"{what} {path} is not a folder{shown}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RunFolderError(f"{what} {path} is not writable ({probe} is read-only for this user)")
 
 
 def temp_files(folder: Path) -> list[Path]:

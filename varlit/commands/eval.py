@@ -20,6 +20,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from ..eval.backbones import BackboneLoadError
 from ..eval.config import EvalConfig
 from ..eval.runner import EvalResult, ModelSource, run_evaluation
+from ..io import check_writable_dir
 from ..loggers import RunConfig
 
 MODEL_FIELDS = ("preset", "weights", "vae_weights", "text_encoder", "init_seed")
@@ -46,6 +47,7 @@ def evaluate(
     run = run or RunConfig()
     data = dict(data or {})
     target = Path(out or cfg.out or run.dir / "eval")
+    check_writable_dir(target, "out")  # before any model loads or image is generated
     result = run_evaluation(cfg, model or ModelSource(), data, run, target, pn=data.get("pn"))
     t = result.timing.as_dict()
     gen, met = t["generation"], t["metrics"]

@@ -32,6 +32,7 @@ from varlit.data.subjects import PLACEHOLDER, SubjectPhoto
 from varlit.models.quantizer import multiscale_quantize
 from varlit.models.schedules import Schedule, image_size, nearest_h_div_w, num_tokens
 from varlit.models.text import TextBatch
+from varlit.tuning.subject_embedding import check_placeholders_kept
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,8 @@ def _placeholder_masks(text_encoder: nn.Module, prompts: list[str], width: int) 
     ids = text_encoder.tokenize(prompts)["input_ids"]
     n = min(width, ids.shape[1])
     masks[:, :n] = ids[:, :n] == token_id
+    limit = int(getattr(text_encoder, "max_length", ids.shape[1]))
+    check_placeholders_kept(prompts, torch.where(masks.any(1), 0, -1), PLACEHOLDER, limit)
     return masks
 
 

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 OnBadImage = Literal["error", "skip"]
 PLACEHOLDER = "<placeholder>"
+MIN_PHOTO_SIDE = 64  # pixels on the short side; below this a photo carries no usable subject detail
+# Files beside the photos that are not meant as photos (notes, licences, metadata): never reported.
+NOT_PHOTOS = frozenset({".txt", ".md", ".json", ".yaml", ".yml", ".csv", ".log", ".html", ".pdf"})
 
 
 class SubjectError(ValueError):
@@ -76,6 +79,18 @@ def list_image_files(folder: Path) -> list[Path]:
     return files
 
 
+def unsupported_files(folder: Path) -> list[Path]:
+    """Files that look like photos varlit cannot read (.heic, .avif, camera raw ...): reported, not dropped."""
+    return [
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.suffix.lower() not in IMAGE_EXTENSIONS
+        and p.suffix.lower() not in NOT_PHOTOS
+    ]
+
+
 def load_subject_photos(
     folder: Path,
     on_bad_image: OnBadImage = "error",
@@ -96,12 +111,27 @@ def load_subject_photos(
                 log.warning("skipping bad image %s: %s", err.path, err.reason)
             bad.append(err)
             continue
+        if min(image.size) < MIN_PHOTO_SIDE:
+            err = BadImageError(
+                path,
+                f"too small ({image.size[0]}x{image.size[1]}); a subject photo needs at least "
+                f"{MIN_PHOTO_SIDE} px on its short side",
+            )
+            if on_bad_image == "skip":
+                log.warning("skipping bad image %s: %s", err.path, err.reason)
+            bad.append(err)
+            continue
         digest = file_sha256(path)
         if digest in seen:
             log.warning("ignoring %s: duplicate of %s (identical file content)", path, seen[digest])
             continue
         seen[digest] = path
         photos.append(SubjectPhoto(path=path, sha256=digest, image=image))
+    for path in unsupported_files(folder):
+        err = BadImageError(path, f"unsupported photo format {path.suffix!r}; convert it to JPEG or PNG")
+        if on_bad_image == "skip":
+            log.warning("skipping %s: %s", err.path, err.reason)
+        bad.append(err)
     if bad and on_bad_image == "error":
         listing = "\n".join(f"  {e.path}: {e.reason}" for e in bad)
         raise BadImageError(

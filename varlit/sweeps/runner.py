@@ -273,6 +273,8 @@ def execute(
         if not force and can_resume_fit(spec):
             args.append("--ckpt_path=last")
             echo(f"  {spec.name}: resuming the killed fit from {spec.dir / LAST_CKPT}")
+        else:
+            args.append("--run.overwrite=true")  # the sweep owns this folder and has decided to fit it anew
         _write_marker(
             spec, fit_args=list(spec.fit_args), fit_status="started", eval_args=None, eval_status=None
         )

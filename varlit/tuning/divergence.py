@@ -10,7 +10,9 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from ..models.loading import CheckpointError
+from ..models.loading import check_finite as check_finite_tensors
+
+__all__ = ["DivergenceError", "check_finite_tensors", "check_gradients", "check_losses"]
 
 
 class DivergenceError(ValueError):
@@ -46,15 +48,3 @@ def check_gradients(step: int, params: Iterable[torch.Tensor], source: str, lr: 
     raise DivergenceError(
         f"training diverged at step {step}: the gradient of the {source} loss is not finite {_hint(lr)}"
     )
-
-
-def check_finite_tensors(tensors: Mapping[str, torch.Tensor], source: str) -> None:
-    """Refuse weights or adapters holding inf or NaN, naming the file and the first bad tensor."""
-    bad = [
-        name
-        for name, t in tensors.items()
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
-    if bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise CheckpointError(f"{source}: tensor {bad[0]}{more} holds non-finite values (NaN or inf)")

@@ -34,9 +34,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from varlit.data.cache import tensors_checksum
 from varlit.io import atomic_write
 
-FORMAT = 1
+FORMAT = 2  # 2: every shard carries a checksum of its tensors
 TMP_PREFIX = ".tmp-"  # temporary files of unfinished writes, removed when a build starts
 INDEX = "index.json"
 _SHARD = re.compile(r"^shard-\d{5}\.safetensors$")
@@ -79,7 +80,7 @@ class PriorBatch:
     logits_BLV: torch.Tensor  # float32 (stored as logits_dtype)
 
 
-class StaleBankError(RuntimeError):
+class StaleBankError(RuntimeError, ValueError):
     """The bank on disk was built for other settings, or is not finished."""
 
 
@@ -123,6 +124,7 @@ class PriorBank:
             ) from None
         self.config_hash = hashlib.sha256(self._settings_json.encode()).hexdigest()
         self._complete = False
+        self._verified = False
 
     # ---- index ---------------------------------------------------------------------------------
 
@@ -201,6 +203,12 @@ class PriorBank:
             self._clear()
             index = None
         shards = self._done_shards(index)
+        for key in list(shards):  # a damaged shard (truncated, garbled, numbers changed) is drawn again
+            problem = self._shard_problem(int(key))
+            if problem:
+                log(f"prior bank {self._shard_file(int(key))}: {problem}; drawing it again")
+                self._shard_file(int(key)).unlink(missing_ok=True)
+                del shards[key]
         shapes = index.get("shapes") if index is not None and shards else None
         todo = [k for k in range(self._num_shards()) if str(k) not in shards]
         if todo:
@@ -209,13 +217,41 @@ class PriorBank:
             )
         for k in todo:
             tensors, shapes = self._draw_shard(k, sample_fn, torch.device(device), shapes)
-            _atomic_save_tensors(
-                self._shard_file(k), tensors, {"config_hash": self.config_hash, "shard": str(k)}
-            )
+            meta = {"config_hash": self.config_hash, "shard": str(k), "checksum": tensors_checksum(tensors)}
+            _atomic_save_tensors(self._shard_file(k), tensors, meta)
             shards[str(k)] = {"file": self._shard_file(k).name, "count": self._shard_count(k)}
             self._write_index(shards, shapes)
         if not todo and (index is None or index.get("shards") != shards):
             self._write_index(shards, shapes)
+        self._verified = True
+
+    def _shard_problem(self, k: int) -> str | None:
+        """Why shard k cannot be used (unreadable, other settings, checksum mismatch), or None."""
+        path = self._shard_file(k)
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except Exception as err:  # safetensors raises its own types for truncated or garbled files
+            return f"unreadable ({type(err).__name__})"
+        if meta.get("config_hash") != self.config_hash:
+            return "written for other settings"
+        if meta.get("checksum") != tensors_checksum(tensors):
+            return "checksum mismatch (corrupted contents)"
+        return None
+
+    def verify(self) -> None:
+        """Check every shard's checksum once; a bad one is named (build() redraws it)."""
+        if self._verified:
+            return
+        for k in range(self._num_shards()):
+            problem = self._shard_problem(k)
+            if problem:
+                raise StaleBankError(
+                    f"prior bank shard {self._shard_file(k)} is {problem}; run again to redraw it "
+                    f"(or delete {self.root})"
+                )
+        self._verified = True
 
     def _clear(self) -> None:
         for f in self.root.iterdir():
@@ -273,6 +309,7 @@ class PriorBank:
         status = self.status()
         if status != "complete":
             raise StaleBankError(f"prior bank {self.root} is {status}; call build() first")
+        self.verify()
         self._complete = True
 
     def __len__(self) -> int:

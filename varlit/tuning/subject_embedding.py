@@ -19,6 +19,19 @@ PLACEHOLDER = "<placeholder>"
 _Text = TypeVar("_Text")
 
 
+def check_placeholders_kept(
+    prompts: list[str], positions_B: torch.Tensor, placeholder: str, limit: int
+) -> None:
+    """A prompt that writes the placeholder but whose token was cut off by the text length limit is an error
+    (the subject would silently be missing from it)."""
+    for prompt, pos in zip(prompts, positions_B.tolist()):
+        if pos < 0 and placeholder in prompt:
+            raise ValueError(
+                f"prompt {prompt!r}: {placeholder} lies past the text encoder's limit of {limit} tokens and "
+                "would be cut off; shorten the prompt or move the placeholder forward"
+            )
+
+
 def find_placeholder(
     input_ids_BT: torch.Tensor, token_id: int, lengths_B: torch.Tensor | None = None
 ) -> torch.Tensor:
