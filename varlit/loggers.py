@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
 @dataclass
@@ -25,6 +28,37 @@ class RunConfig:
     @property
     def dir(self) -> Path:
         return Path(self.root) / self.name
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run appends to it instead."""
+
+    def __init__(self, log_dir: str) -> None:
+        self._header_read = False
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        """Keep what is there (the stock writer deletes metrics.csv here)."""
+
+    def save(self) -> None:
+        if not self._header_read and self.metrics and self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                header = next(csv.reader(f), [])
+            self.metrics_keys = sorted(set(self.metrics_keys) | set(header))
+        self._header_read = self._header_read or bool(self.metrics)
+        super().save()
+
+
+class AppendingCSVLogger(CSVLogger):
+    """CSV metrics in `<run dir>/csv/metrics.csv`, appended to across resumes."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _AppendingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def wandb_has_api_key() -> bool:
@@ -46,8 +80,7 @@ def wandb_offline() -> bool:
 
 def make_loggers(run: RunConfig) -> list[Logger]:
     """CSV metrics in the run folder; wandb beside them unless switched off or not installed."""
-    run.dir.mkdir(parents=True, exist_ok=True)
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run.dir), name="", version="csv")]
+    loggers: list[Logger] = [AppendingCSVLogger(save_dir=str(run.dir), name="", version="csv")]
     if run.wandb:
         try:
             import wandb  # noqa: F401

@@ -155,6 +155,8 @@ class LastCheckpoint(ModelCheckpoint):
             self._write_seconds,
             self.max_overhead,
         )
+        if trainer.world_size > 1:  # every rank must take part in a save: one decision for all
+            due = bool(trainer.strategy.reduce_boolean_decision(due, all=False))
         if due:
             self._write(trainer)
 

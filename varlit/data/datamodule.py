@@ -411,7 +411,7 @@ class SubjectDataModule(LightningDataModule):
         for i, view in enumerate(self.views):
             groups.setdefault(tuple(view.schedule), []).append(i)
         num_batches = math.ceil(self.repeats * len(self.photos) / self.batch_size)
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer  # set by Lightning on fit/validate; None standalone
         sampler = GroupedBatchSampler(
             list(groups.values()),
             self.batch_size,
@@ -445,7 +445,7 @@ class SubjectDataModule(LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Counts training batches as they are *used* (prefetched ones do not count)."""
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer  # set by Lightning on fit/validate; None standalone
         if isinstance(batch, SubjectBatch) and trainer is not None and trainer.training:
             self.batches_consumed += 1
         return batch

@@ -102,6 +102,18 @@ def read_state_dict(path: str | os.PathLike, subkey: str | None = None) -> dict[
     return state
 
 
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding inf or NaN (a diverged run's output), naming the file and the first bad tensor."""
+    bad = [
+        name
+        for name, t in tensors.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise CheckpointError(f"{source}: tensor {bad[0]}{more} holds non-finite values (NaN or inf)")
+
+
 def _fmt(keys: Iterable[str], limit: int = 12) -> str:
     keys = list(keys)
     shown = ", ".join(keys[:limit])
@@ -146,6 +158,7 @@ def load_into(
 ) -> nn.Module:
     """Strictly load `state` into `module` (which may live on the meta device), casting floats to `dtype`."""
     optional = check_keys(module, state, source)
+    check_finite(state, source)
     device = torch.device(device or "cpu")
     expected = module.state_dict(keep_vars=True)
     full = {}

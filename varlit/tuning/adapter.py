@@ -6,7 +6,9 @@ in-memory base serves many subjects (`restore_base` undoes an adapter without re
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +20,13 @@ from safetensors.torch import save_file
 
 from ..io import atomic_write
 from ..models.loading import CheckpointError
+from .divergence import check_finite_tensors
 from .subject_embedding import PLACEHOLDER, SubjectEmbedding
 
 if TYPE_CHECKING:
     from ..pipeline import Pipeline
+
+log = logging.getLogger(__name__)
 
 FORMAT = "varlit-adapter/1"
 EMBEDDING_KEY = "subject_embedding.vectors"
@@ -60,7 +65,13 @@ def _open(path: Path):
 def _meta(path: Path, header: dict[str, str]) -> dict[str, Any]:
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a varlit adapter (format {header.get('format')!r})")
-    return json.loads(header.get("meta", "{}"))
+    try:
+        meta = json.loads(header.get("meta", "{}"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: adapter metadata is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: adapter metadata is not a JSON object")
+    return meta
 
 
 def read_adapter_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -76,7 +87,67 @@ def read_adapter(path: str | os.PathLike) -> Adapter:
         meta = _meta(path, f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    check_contents(path, meta, model, tensors)
     return Adapter(model, tensors.get(EMBEDDING_KEY), meta)
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+
+
+def check_contents(
+    path: Path, meta: dict[str, Any], model: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]
+) -> None:
+    """Refuse damaged or foreign adapters by name: unknown tensors, missing tensors, non-finite values,
+    subject vectors that training had but the file lacks."""
+    unknown = sorted(k for k in tensors if not k.startswith(MODEL_PREFIX) and k != EMBEDDING_KEY)
+    listed = meta.get("tensors")
+    if isinstance(listed, list):
+        unknown += sorted(MODEL_PREFIX + k for k in model if k not in set(listed))
+        missing = sorted(k for k in listed if k not in model)
+    else:  # adapters written before the list: the freeze summary still has the count
+        count = (meta.get("freeze") or {}).get("freeze/num_trainable_tensors")
+        missing = (
+            [f"{count - len(model)} of {count}"] if isinstance(count, int) and count > len(model) else []
+        )
+    if unknown:
+        raise CheckpointError(f"{path}: adapter holds unknown tensors: {_listing(unknown)}")
+    if missing:
+        raise CheckpointError(
+            f"{path}: adapter is missing {len(missing) if isinstance(listed, list) else missing[0]} of its "
+            f"tuned tensors" + (f": {_listing(missing)}" if isinstance(listed, list) else "")
+        )
+    check_finite_tensors(tensors, f"adapter {path}")
+    had_vectors = meta.get("subject_vectors")
+    if had_vectors is None:
+        had_vectors = bool((meta.get("freeze") or {}).get("freeze/subject_embedding"))
+    if had_vectors and EMBEDDING_KEY not in tensors:
+        raise CheckpointError(f"{path}: adapter is missing its subject vectors ({EMBEDDING_KEY})")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
+
+
+def base_fingerprint(model: torch.nn.Module, exclude: set[str], samples_per_tensor: int = 256) -> str:
+    """Identity of a base model's frozen tensors (those an adapter does not replace): names, shapes and a
+    strided sample of values rounded to bfloat16, so a float32 and a bfloat16 copy of one base agree."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in sorted(model.state_dict().items()):
+            if name in exclude or not t.is_floating_point():
+                continue
+            flat = t.reshape(-1)
+            step = max(1, flat.numel() // samples_per_tensor)
+            sample = flat[::step][:samples_per_tensor].to("cpu", torch.bfloat16).float()
+            digest.update(f"{name}|{tuple(t.shape)}|".encode())
+            digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def apply_adapter_tensors(
@@ -121,11 +192,24 @@ def load_adapter(pipe: Pipeline, path: str | os.PathLike) -> Adapter:
         )
     if pipe.base_backup:
         pipe.restore_base()
+    trained_on = adapter.meta.get("base_fingerprint")
+    if trained_on:
+        here = base_fingerprint(pipe.model, set(adapter.tensors))
+        if here != trained_on:
+            raise CheckpointError(
+                f"{path}: adapter was trained on another base model (weights {adapter.meta.get('weights')!r}, "
+                f"fingerprint {trained_on}; this base: {here}); load that base (--weights / --init_seed)"
+            )
+    else:
+        _warn_once(f"fp:{path}", f"{path}: adapter records no base fingerprint; cannot check its base model")
     pipe.base_backup = apply_adapter_tensors(pipe.model, adapter.tensors, str(path))
     if adapter.subject_vectors is not None:
         emb = SubjectEmbedding(adapter.subject_vectors.shape[0], adapter.subject_vectors.shape[1])
         emb.vectors.data.copy_(adapter.subject_vectors)
         pipe.set_subject(emb.to(pipe.device), adapter.meta.get("placeholder", PLACEHOLDER))
     else:
+        _warn_once(
+            f"nv:{path}", f"{path}: adapter has no subject vectors; {PLACEHOLDER} in prompts is plain text"
+        )
         pipe.set_subject(None, None)
     return adapter
