@@ -89,7 +89,7 @@ def test_a_1x1_photo_is_refused_as_too_small(tmp_path):
     folder = make_subject_photos(tmp_path / "toy", n=3)
     Image.new("RGB", (1, 1), (255, 0, 0)).save(folder / "tiny.png")
     with pytest.raises(
-        BadImageError, match=r"tiny\.png: too small \(1x1\); a subject photo needs at least 64 px"
+        BadImageError, match=r"tiny\.png: too small \(1x1\); a subject photo needs at least 32 px"
     ):
         load_subject_photos(folder)
     assert len(load_subject_photos(folder, on_bad_image="skip")) == 3

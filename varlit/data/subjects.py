@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 OnBadImage = Literal["error", "skip"]
 PLACEHOLDER = "<placeholder>"
-MIN_PHOTO_SIDE = 64  # pixels on the short side; below this a photo carries no usable subject detail
+# A photo under this many pixels on its short side is 2x2 latents or fewer at the VAE stride of 16.
+MIN_PHOTO_SIDE = 32
 # Files beside the photos that are not meant as photos (notes, licences, metadata): never reported.
 NOT_PHOTOS = frozenset({".txt", ".md", ".json", ".yaml", ".yml", ".csv", ".log", ".html", ".pdf"})
 
