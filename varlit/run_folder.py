@@ -106,8 +106,8 @@ class RunFolder:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
-        for tmp in temp_files(self.path / CHECKPOINTS):
-            log.info("removing %s, left by a checkpoint write that was killed", tmp)
+        for tmp in [*temp_files(self.path), *temp_files(self.path / CHECKPOINTS)]:
+            log.info("removing %s, left by a write that was killed", tmp)
             tmp.unlink(missing_ok=True)
 
     def start_training(self) -> None:
