@@ -122,9 +122,17 @@ def test_two_process_ddp_fit_on_cpu(tmp_path):
         *_args(
             tmp_path, "ddp", 2, "--trainer.strategy", "ddp", "--trainer.devices", "2", "--run.wandb", "false"
         ),
+        "--trainer.callbacks+=tests.helpers.BatchPathRecorder",
+        f"--trainer.callbacks.folder={tmp_path / 'batches'}",
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # each rank draws its own photos: same steps, different batches
+    drawn = {r: (tmp_path / "batches" / f"rank{r}.txt").read_text().splitlines() for r in (0, 1)}
+    assert [ln.split()[0] for ln in drawn[0]] == [ln.split()[0] for ln in drawn[1]] == ["0", "1"]
+    assert all(len(ln.split()) == 3 for r in (0, 1) for ln in drawn[r])  # batch size 2
+    for step in range(2):
+        assert set(drawn[0][step].split()[1:]) != set(drawn[1][step].split()[1:]), drawn
     run = tmp_path / "runs" / "ddp"
     assert (run / "adapter.safetensors").exists()
     assert json.loads((run / "summary.json").read_text())["steps"] == 2

@@ -132,6 +132,8 @@ def _hand_rope(rows: list[int], cols: list[int], head_dim: int) -> torch.Tensor:
         ),
         # h/w 0.5: reference grid 45 x 90; scales 1x1, 2x2, 2x4; 22.5 rounds to 22 and 67.5 to 68 (half to even)
         (0.5, [0] + [0, 0, 22, 22] + [0] * 4 + [22] * 4, [0] + [0, 45, 0, 45] + [0, 22, 45, 68] * 2),
+        # h/w 2: reference grid 90 x 45; scales 1x1, 2x2, 4x2 (rows 0, 22.5, 45, 67.5 -> 0, 22, 45, 68)
+        (2.0, [0] + [0, 0, 45, 45] + [0, 0, 22, 22, 45, 45, 68, 68], [0] + [0, 22, 0, 22] + [0, 22] * 4),
     ],
 )
 def test_rope_positions_of_the_first_scales(h_div_w: float, rows: list[int], cols: list[int]):
