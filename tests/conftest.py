@@ -13,7 +13,9 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+from varlit.threads import apply_thread_policy  # noqa: E402
+
+apply_thread_policy()  # the CLI's policy: idle cores only (one thread on a loaded 2-core machine)
 
 
 @pytest.fixture(scope="session")

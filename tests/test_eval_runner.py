@@ -162,7 +162,8 @@ def test_eval_writes_reports_that_match_a_direct_computation(world, both):
     assert len(images) == 2 * per_subject
     assert (out / "images/beta/a_dog_on_the_beach/s1.png").is_file()
     with Image.open(out / "grids/alpha.png") as grid:  # rows = prompts, columns = seeds, 256 px tiles
-        assert grid.size == (2 * 256 + 2, len(TEMPLATES) * 256 + 2)
+        band = 15  # one caption line ("<prompt> | seed <s>") under every tile
+        assert grid.size == (2 * 256 + 2, len(TEMPLATES) * (256 + band) + 2)
 
     assert set(doc["subjects"]) == set(SUBJECTS)
     for name in SUBJECTS:

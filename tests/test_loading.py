@@ -118,7 +118,9 @@ def test_missing_local_file_and_offline_hub(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="not found"):
         resolve(tmp_path / "nope.pth", "FoundationVision/Infinity")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(HubUnavailableError, match="FoundationVision/Infinity/infinity_2b_reg.pth"):
+    with pytest.raises(
+        HubUnavailableError, match="hf download FoundationVision/Infinity infinity_2b_reg.pth"
+    ):
         resolve("infinity_2b_reg.pth", "FoundationVision/Infinity")
     with pytest.raises(HubUnavailableError, match="google/flan-t5-xl"):
         TextEncoder.from_pretrained("google/flan-t5-xl")

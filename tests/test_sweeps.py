@@ -543,9 +543,11 @@ def test_launcher_fans_subjects_out(tmp_path):
 
 def test_parse_gpus():
     assert parse_gpus("0,2") == ["0", "2"]
-    assert parse_gpus("3") == ["0", "1", "2"]
+    assert parse_gpus("0") == ["0"]  # an id (the README's `--gpus 0 --print`), not a count of zero
+    assert parse_gpus("3") == ["3"]
+    assert parse_gpus("count:3") == ["0", "1", "2"]
     assert parse_gpus("cpu:2") == ["", ""]
-    for bad in ("0,x", "0", "cpu:0"):
+    for bad in ("0,x", "count:0", "cpu:0", "1,1"):
         with pytest.raises(ValueError, match="--gpus"):
             parse_gpus(bad)
 

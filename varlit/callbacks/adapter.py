@@ -6,28 +6,44 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from .run_dir import run_dir
 
+# "same": the tuned tensors' training dtype (float32 master weights by default: lossless).
+ADAPTER_DTYPES = {"same": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
 
 class AdapterCheckpoint(pl.Callback):
     def __init__(
-        self, filename: str = "adapter.safetensors", every_n_steps: int = 0, dirpath: str | None = None
+        self,
+        filename: str = "adapter.safetensors",
+        every_n_steps: int = 0,
+        dirpath: str | None = None,
+        dtype: str = "same",
     ):
+        if dtype not in ADAPTER_DTYPES:
+            raise ValueError(
+                f"adapter dtype: unknown value {dtype!r}; choose one of {', '.join(ADAPTER_DTYPES)}"
+            )
         self.filename, self.every_n_steps, self.dirpath = filename, every_n_steps, dirpath
+        self.dtype = ADAPTER_DTYPES[dtype]
         self.last_path: Path | None = None
+        self._last_step = -1
 
     def _path(self, trainer: pl.Trainer) -> Path:
         return Path(self.dirpath) if self.dirpath else run_dir(trainer)
 
     @rank_zero_only
     def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> None:
-        self.last_path = pl_module.save_adapter(self._path(trainer) / name)
+        self.last_path = pl_module.save_adapter(self._path(trainer) / name, dtype=self.dtype)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step % self.every_n_steps == 0:
+        # step > 0: nothing trained yet; a step seen before: accumulated batches share one global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._last_step = step
             self._save(trainer, pl_module, f"adapter-step{step:06d}.safetensors")
 
     def on_train_end(self, trainer, pl_module) -> None:

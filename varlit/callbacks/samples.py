@@ -1,5 +1,6 @@
 """Sample grids: the validation images (fixed prompts and seed) as one PNG per validation, on disk and in
-the logger. Rows are prompts, so runs and steps compare at a glance."""
+the logger, each tile captioned with its prompt and seed. Rows are prompts, so runs and steps compare at a
+glance."""
 
 from __future__ import annotations
 
@@ -9,21 +10,26 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from ..captions import captioned_tiles
 from ..io import save_png
 from ..models.sampler import to_uint8
 from .run_dir import run_dir, wandb_run
 
 
-def make_grid(images_N3HW: torch.Tensor, ncols: int) -> torch.Tensor:
-    """[N, 3, H, W] in [-1, 1] -> one uint8 [rows*H, cols*W, 3] image with 2-px gaps."""
-    n, _, h, w = images_N3HW.shape
+def make_grid(images_N3HW: torch.Tensor, ncols: int, captions: list[str] | None = None) -> torch.Tensor:
+    """[N, 3, H, W] in [-1, 1] -> one uint8 [rows*H', cols*W, 3] image with 2-px gaps; with `captions`,
+    each tile has its caption (prompt and seed) printed below it."""
+    n = images_N3HW.shape[0]
+    tiles = [t.cpu().numpy() for t in to_uint8(images_N3HW)]
+    if captions is not None:
+        tiles = captioned_tiles(tiles, captions)
+    h, w = tiles[0].shape[:2]
     rows = -(-n // ncols)
     gap = 2
     grid = torch.full((rows * (h + gap) - gap, ncols * (w + gap) - gap, 3), 255, dtype=torch.uint8)
-    tiles = to_uint8(images_N3HW)
     for i, tile in enumerate(tiles):
         r, c = divmod(i, ncols)
-        grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tile.cpu()
+        grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = torch.from_numpy(tile)
     return grid
 
 
@@ -49,7 +55,9 @@ class SampleGrid(pl.Callback):
             return
         images = torch.cat([o["images"].float().cpu() for o in outputs])
         prompts = [p for o in outputs for p in o["prompts"]]
-        grid = make_grid(images, self.ncols)
+        seed = getattr(pl_module, "val_seed", None)
+        captions = [p if seed is None else f"{p} | seed {seed}" for p in prompts]
+        grid = make_grid(images, self.ncols, captions)
         path = run_dir(trainer) / "samples" / f"step{trainer.global_step:06d}.png"
         self.last_path = save_png(path, grid)
         run = wandb_run(trainer)

@@ -15,17 +15,30 @@ from .run_dir import run_dir, wandb_run
 
 
 class PerScaleLosses(pl.Callback):
+    """Rows every `every_n_steps` optimizer steps and always for the last step of the run."""
+
     def __init__(self, every_n_steps: int = 50):
         self.every_n_steps = every_n_steps
+        self._last_written: int | None = None
 
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if not self.every_n_steps or step % self.every_n_steps:
             return
+        self._write(trainer, pl_module, step)
+
+    @rank_zero_only
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module, trainer.global_step)  # short runs get their row too
+
+    def _write(self, trainer, pl_module, step: int) -> None:
+        if step == self._last_written:  # accumulated batches of one step end with the same global_step
+            return
         losses = getattr(pl_module, "last_step_losses", None)
         if not losses:
             return
+        self._last_written = step
         rows = []
         for kind in ("inst_scales", "prior_scales"):
             values = losses.get(kind)

@@ -80,6 +80,22 @@ def default_cache_dir() -> Path:
     return Path("~/.cache/varlit/tokens").expanduser()
 
 
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning treats as resumable (it has `state_dict` / `load_state_dict`).
+
+    Its position is the data module's count of used batches, which also drives the batch sampler: a run
+    resumed mid-epoch draws the batch the uninterrupted run would have drawn next."""
+
+    position_owner: LightningDataModule | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return self.position_owner.state_dict() if self.position_owner is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if self.position_owner is not None and state_dict:
+            self.position_owner.load_state_dict(state_dict)
+
+
 class _ViewDataset(Dataset):
     """Index (view, class prompt) -> that pair; the collate function assembles the batch."""
 
@@ -197,7 +213,7 @@ class SubjectDataModule(LightningDataModule):
     """Few-shot subject photos + fixed prompts, precomputed by the frozen encoders and cached on disk.
 
     Choose the subject with `subject_dir` + `class_word` (your own photos) or `subject` (+ `dreambench_root`,
-    default `$VARLIT_DREAMBENCH_DIR` or `../shared/dreambench`) for a DreamBench subject. Templates put the
+    default `$VARLIT_DREAMBENCH_DIR` or `data/dreambench`) for a DreamBench subject. Templates put the
     class word at `{class}`; `<placeholder>` marks the learned subject token. `pn` (pixel budget: 0.06M,
     0.25M, 0.60M, 1M) defaults to the attached preset's; the resolution follows from it and the VAE stride.
     `cache_dir` defaults to `~/.cache/varlit/tokens`.
@@ -426,7 +442,7 @@ class SubjectDataModule(LightningDataModule):
             self.prompt_features[self.instance_prompt],
             [self.prompt_features[p] for p in self.class_prompts],
         )
-        return DataLoader(
+        loader = ResumableDataLoader(
             _ViewDataset(len(self.views)),
             batch_sampler=sampler,
             collate_fn=collate,
@@ -475,6 +491,8 @@ class SubjectDataModule(LightningDataModule):
             out.append(PromptBatch(chunk, text, placeholder, schedule, vae_schedule))
         return out
 
+        loader.position_owner = self
+        return loader
     def class_prompt_batch(self) -> PromptBatch:
         """All class-prior prompts with their features (e.g. to pre-sample a prior bank)."""
         return self.prompt_batches(self.class_prompts, len(self.class_prompts))[0]

@@ -2,7 +2,7 @@
 
 The official archive unpacks to `dreambooth-main/dataset/<subject>/*.jpg` plus
 `dataset/prompts_and_classes.txt`; a `root` may be either the folder holding `dataset/` or the dataset
-folder itself (the downscaled copy in `../shared/dreambench` is the latter).
+folder itself (a downscaled copy may be the latter).
 
 The prompts file gives subject -> class as CSV and two Python-looking lists of 25 templates,
 `'a {0} {1} in the jungle'.format(unique_token, class_token)`, one for objects and one for live subjects.
@@ -126,8 +126,9 @@ def dataset_dir(root: str | Path) -> Path:
         if (candidate / PROMPTS_FILE).is_file():
             return candidate
     raise DreamBenchError(
-        f"no DreamBench at {root}: neither {root / 'dataset' / PROMPTS_FILE} nor {root / PROMPTS_FILE} exists; "
-        "download it with `varlit data dreambench --out DIR`"
+        f"no DreamBench at {root} (no {PROMPTS_FILE} in it or in its dataset/ folder): download it with "
+        f"`make dreambench` (into {DEFAULT_ROOT}) or `varlit data dreambench --out DIR`, then point varlit at "
+        f"it with --data.dreambench_root DIR or {DREAMBENCH_ENV}=DIR"
     )
 
 
@@ -152,9 +153,13 @@ def dreambench_subject(root: str | Path, name: str, live: bool | None = None) ->
     )
 
 
+DEFAULT_ROOT = "data/dreambench"  # where `make dreambench` and `varlit data dreambench` put it
+
+
 def default_root() -> Path:
-    """`$VARLIT_DREAMBENCH_DIR`, else `../shared/dreambench` (relative to the working directory)."""
-    return Path(os.environ.get(DREAMBENCH_ENV, "../shared/dreambench"))
+    """`$VARLIT_DREAMBENCH_DIR`, else `data/dreambench` (relative to the working directory), the folder
+    `make dreambench` downloads into."""
+    return Path(os.environ.get(DREAMBENCH_ENV) or DEFAULT_ROOT)
 
 
 # ---------------------------------------------------------------- download
@@ -237,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     """`varlit data dreambench --out DIR [--url URL] [--force]`; returns a process exit code."""
     parser = argparse.ArgumentParser(prog="varlit data dreambench", description=download_dreambench.__doc__)
     parser.add_argument(
-        "--out", required=True, help="folder to unpack into; the dataset lands in OUT/dataset"
+        "--out",
+        default=DEFAULT_ROOT,
+        help=f"folder to unpack into (default {DEFAULT_ROOT}, where varlit looks); the dataset lands in OUT/dataset",
     )
     parser.add_argument("--url", default=ARCHIVE_URL, help="archive to fetch (http(s):// or file://)")
     parser.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")

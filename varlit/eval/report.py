@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from ..captions import captioned_tiles
 from ..io import atomic_write_json, atomic_write_text, save_png
 
 if TYPE_CHECKING:
@@ -147,16 +148,25 @@ def _tile(path: Path, side: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def image_grid(rows: list[list[Path]], side: int = GRID_TILE) -> np.ndarray:
-    """uint8 [H, W, 3]: one row per list, white gaps; every tile resized to side x side."""
+def image_grid(
+    rows: list[list[Path]], side: int = GRID_TILE, captions: list[list[str]] | None = None
+) -> np.ndarray:
+    """uint8 [H, W, 3]: one row per list, white gaps; every tile resized to side x side, with its
+    caption (prompt and seed) below it when `captions` (same shape as `rows`) is given."""
     ncols = max(len(r) for r in rows)
-    height = len(rows) * (side + GRID_GAP) - GRID_GAP
+    tiles = [[_tile(path, side) for path in row] for row in rows]
+    if captions is not None:
+        flat = captioned_tiles([t for row in tiles for t in row], [c for row in captions for c in row])
+        it = iter(flat)
+        tiles = [[next(it) for _ in row] for row in tiles]
+    tile_h = tiles[0][0].shape[0]
+    height = len(rows) * (tile_h + GRID_GAP) - GRID_GAP
     width = ncols * (side + GRID_GAP) - GRID_GAP
     grid = np.full((height, width, 3), 255, dtype=np.uint8)
-    for r, row in enumerate(rows):
-        for c, path in enumerate(row):
-            y, x = r * (side + GRID_GAP), c * (side + GRID_GAP)
-            grid[y : y + side, x : x + side] = _tile(path, side)
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            y, x = r * (tile_h + GRID_GAP), c * (side + GRID_GAP)
+            grid[y : y + tile_h, x : x + side] = tile
     return grid
 
 
@@ -165,9 +175,11 @@ def write_grids(plans: list[SubjectPlan], cfg: EvalConfig, store: ImageStore) ->
     written = []
     for plan in plans:
         rows = [[store.sample(plan.name, slug, seed) for seed in cfg.seeds] for slug in plan.slugs]
+        captions = [[f"{slug} | seed {seed}" for seed in cfg.seeds] for slug in plan.slugs]
         with Image.open(rows[0][0]) as first:
             side = min(GRID_TILE, *first.size)
-        written.append(save_png(store.out / "grids" / f"{plan.name}.png", image_grid(rows, side)))
+        grid = image_grid(rows, side, captions)
+        written.append(save_png(store.out / "grids" / f"{plan.name}.png", grid))
     return written
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .text import HubUnavailableError, offline_hint
+from .hub import HubUnavailableError, local_only, missing_error
 
 # Buffers that are all-zero by construction and that some published files omit.
 OPTIONAL_ZERO_KEYS_SUFFIX = ("zero_k_bias",)
@@ -26,26 +26,38 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
-
-
-def resolve(spec: str | os.PathLike, repo: str, what: str = "checkpoint") -> Path:
-    """A local path as is; otherwise a file (or folder) name in the hub repo, downloaded on demand."""
+def resolve(
+    spec: str | os.PathLike,
+    repo: str,
+    what: str = "checkpoint",
+    flag: str = "--weights",
+    preset: str | None = None,
+) -> Path:
+    """A local path as is; otherwise a file (or folder) name in the hub repo: from the hub cache, or
+    downloaded (with progress) when the hub answers. A miss names the download command and `flag`."""
     path = Path(spec).expanduser()
     if path.exists():
         return path
     if path.is_absolute() or str(spec).startswith((".", "~")):
-        raise CheckpointError(f"{what} not found: {path}")
-    try:
-        from huggingface_hub import hf_hub_download, snapshot_download
+        raise CheckpointError(f"{what} not found: {path} (check {flag})")
+    from huggingface_hub import hf_hub_download, snapshot_download
 
-        if Path(str(spec)).suffix:  # a single file
-            return Path(hf_hub_download(repo, str(spec), local_files_only=_hub_offline()))
-        folder = snapshot_download(repo, allow_patterns=[f"{spec}/*"], local_files_only=_hub_offline())
-        return Path(folder) / str(spec)
+    local = local_only()
+    try:
+        if path.suffix:  # a single file
+            return Path(hf_hub_download(repo, str(spec), local_files_only=local))
+        folder = snapshot_download(repo, allow_patterns=[f"{spec}/*"], local_files_only=local)
+        found = Path(folder) / str(spec)
+        if not found.is_dir():
+            raise FileNotFoundError(found)
+        return found
     except Exception as err:  # the hub raises many types (offline, 404, auth); one message covers them
-        raise offline_hint(f"{repo}/{spec}", err) from None
+        if local:
+            raise missing_error(repo, str(spec), flag, what, preset) from None
+        raise HubUnavailableError(
+            f"cannot download {what} {str(spec)!r} from {repo} ({type(err).__name__}: {err}); "
+            f"pass a local file with {flag} PATH".split("\n")[0]
+        ) from None
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -194,8 +206,11 @@ def load_checkpoint(
     subkey: str | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    flag: str = "--weights",
+    preset: str | None = None,
 ) -> nn.Module:
-    path = resolve(spec, repo)
+    what = "VAE checkpoint" if flag == "--vae_weights" else "transformer checkpoint"
+    path = resolve(spec, repo, what, flag, preset)
     state = read_state_dict(path, subkey)
     if subkey == "vae":
         state = unwrap_vae_keys(module, state)

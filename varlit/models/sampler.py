@@ -94,8 +94,12 @@ def sample(
     seed: int | None = None,
     patchify: bool = False,
     return_logits: bool = False,
+    negative: TextBatch | None = None,
 ) -> SampleOutput:
-    """Generate a batch of images (one per prompt in `text`); `vae=None` returns codes only."""
+    """Generate a batch of images (one per prompt in `text`); `vae=None` returns codes only.
+
+    `negative`: features of a negative prompt (one row, or one per prompt) for the unconditional rows of
+    classifier-free guidance, in place of the learned null text; guidance then pushes away from it."""
     sampling = sampling or SamplingConfig()
     cfgs, taus = sampling.per_scale(len(schedule))
     device = next(model.parameters()).device
@@ -104,7 +108,14 @@ def sample(
     B, d = text.batch_size, model.cfg.bits
     text = text.to(device)
     guided = any(c != 1 for c in cfgs)
-    ctx = model.encode_text(TextBatch.cat([text, model.unconditional(text.lengths_B)]) if guided else text)
+    if negative is not None and negative.batch_size not in (1, B):
+        raise ValueError(f"negative prompt: expected 1 or {B} rows, got {negative.batch_size}")
+    if negative is None:
+        uncond = model.unconditional(text.lengths_B)
+    else:
+        uncond = negative.to(device, text.features_BTC.dtype)
+        uncond = TextBatch.cat([uncond] * B) if uncond.batch_size != B else uncond
+    ctx = model.encode_text(TextBatch.cat([text, uncond]) if guided else text)
     rows = 2 * B if guided else B
 
     vae_schedule = [(2 * h, 2 * w) for h, w in schedule] if patchify else [tuple(s) for s in schedule]

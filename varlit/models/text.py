@@ -12,6 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .hub import HubUnavailableError, local_only, missing_error
+
+__all__ = ["HubUnavailableError", "TextBatch", "TextEncoder"]
+
 
 @dataclass
 class TextBatch:
@@ -57,18 +61,6 @@ class TextBatch:
         return TextBatch(torch.cat(feats), torch.cat([b.lengths_B for b in batches]))
 
 
-class HubUnavailableError(RuntimeError):
-    """A model or file that is neither on disk nor reachable on the hub."""
-
-
-def offline_hint(name: str, err: Exception) -> HubUnavailableError:
-    return HubUnavailableError(
-        f"cannot load {name!r}: not found locally and the hub is unreachable or offline "
-        f"({type(err).__name__}). Download it once on a machine with network "
-        f"(e.g. `huggingface-cli download {name}`) or pass a local folder."
-    )
-
-
 class TextEncoder(nn.Module):
     """Frozen T5 encoder + tokenizer (google/flan-t5-xl for the released Infinity models)."""
 
@@ -93,15 +85,17 @@ class TextEncoder(nn.Module):
         if name_or_path == TINY_T5_ID:
             return build_tiny_text_encoder(max_length=max_length)
 
-        local_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.path.isdir(
-            name_or_path
-        )
+        local = os.path.isdir(name_or_path) or local_only()  # no retries against an unreachable hub
         try:
             # legacy=True: the T5 tokenisation the released models were run with
-            tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_only, legacy=True)
-            enc = T5EncoderModel.from_pretrained(name_or_path, dtype=dtype, local_files_only=local_only)
+            tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local, legacy=True)
+            enc = T5EncoderModel.from_pretrained(name_or_path, dtype=dtype, local_files_only=local)
         except OSError as err:
-            raise offline_hint(name_or_path, err) from None
+            if not local:
+                raise HubUnavailableError(
+                    f"cannot load text encoder {name_or_path!r}: {err}".split("\n")[0]
+                ) from None
+            raise missing_error(name_or_path, name_or_path, "--text_encoder", "text encoder") from None
         return cls(enc, tok, max_length=max_length)
 
     @property

@@ -94,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("launch", help="fan a sweep out: one job per subject, over GPUs or nodes")
     _sweep_arguments(p)
-    p.add_argument("--gpus", default=None, help="GPU ids '0,1,2,3', a count '4', or 'cpu:N' (local pool)")
+    p.add_argument(
+        "--gpus",
+        default=None,
+        help="GPU ids '0' or '0,1,2,3', 'count:N' (ids 0..N-1), or 'cpu:N' (local pool)",
+    )
     p.add_argument("--per", choices=("subject", "run"), default="subject", help="job granularity")
     p.add_argument("--print", action="store_true", help="print one command per job instead of running")
     p.add_argument("--slurm", default=None, help="write a SLURM array script to this file instead")
@@ -109,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", action="append", default=[], help="default: dog")
     p.add_argument("--root", default="runs")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--force", action="store_true", help="replace YAMLs whose content would change")
     return parser
 
 
@@ -191,7 +196,7 @@ def _launch(ns: argparse.Namespace, extra: list[str]) -> int:
         return 0
     if not gpus:
         print(
-            "launch: give --gpus (ids '0,1', a count '4' or 'cpu:N'), or --print / --slurm FILE",
+            "launch: give --gpus (ids '0,1', 'count:N' or 'cpu:N'), or --print / --slurm FILE",
             file=sys.stderr,
         )
         return 2
@@ -216,10 +221,18 @@ def _wandb(ns: argparse.Namespace) -> int:
 
     names = list(SWEEPS) if ns.sweep == "all" else [ns.sweep]
     subjects = split_names(ns.subjects) or list(DEFAULT_SUBJECTS)
+    status = 0
     for name in names:
-        path = write(get_sweep(name), ns.out, ns.config or DEFAULT_CONFIG, subjects, ns.root, ns.steps)
-        print(f"wrote {path}")
-    return 0
+        try:
+            path, what = write(
+                get_sweep(name), ns.out, ns.config or DEFAULT_CONFIG, subjects, ns.root, ns.steps, ns.force
+            )
+        except FileExistsError as err:
+            print(f"wandb: not written: {err}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{what} {path}")
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

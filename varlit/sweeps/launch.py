@@ -75,20 +75,20 @@ def collect_args(sweep: Sweep, opts: SweepOptions) -> list[str]:
 
 
 def parse_gpus(text: str) -> list[str]:
-    """'0,1,3' -> ['0', '1', '3']; '4' -> ['0', '1', '2', '3'] (a count); 'cpu:2' -> 2 CPU slots ('')."""
+    """GPU ids: '0' -> ['0'], '0,1,3' -> ['0', '1', '3']; 'count:4' -> ['0', '1', '2', '3'];
+    'cpu:2' -> 2 CPU slots (''). A bare number is always an id (`--gpus 0` is GPU 0), never a count."""
     text = text.strip()
-    if text.startswith("cpu:"):
-        n = text[4:]
-        if not n.isdigit() or int(n) < 1:
-            raise ValueError(f"--gpus {text!r}: expected cpu:N with N >= 1")
-        return [""] * int(n)
-    if text.isdigit() and "," not in text:
-        if int(text) < 1:
-            raise ValueError(f"--gpus {text!r}: a GPU count must be at least 1")
-        return [str(i) for i in range(int(text))]
+    for prefix in ("cpu:", "count:"):
+        if text.startswith(prefix):
+            n = text[len(prefix) :]
+            if not n.isdigit() or int(n) < 1:
+                raise ValueError(f"--gpus {text!r}: expected {prefix}N with N >= 1")
+            return [""] * int(n) if prefix == "cpu:" else [str(i) for i in range(int(n))]
     ids = [t.strip() for t in text.split(",") if t.strip()]
     if not ids or not all(i.isdigit() for i in ids):
-        raise ValueError(f"--gpus {text!r}: expected GPU ids '0,1,2', a count '4', or 'cpu:N'")
+        raise ValueError(f"--gpus {text!r}: expected GPU ids '0' or '0,1,2', 'count:N' or 'cpu:N'")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--gpus {text!r}: a GPU id is listed twice")
     return ids
 
 

@@ -89,6 +89,20 @@ def write(
     subjects: Sequence[str] = DEFAULT_SUBJECTS,
     root: str = "runs",
     steps: int | None = None,
-) -> Path:
+    force: bool = False,
+) -> tuple[Path, str]:
+    """Write `<out_dir>/<sweep>.yaml`; returns (path, "wrote" | "unchanged").
+
+    The default folder holds files tracked in git: a file whose content would change is only replaced
+    with `force` (otherwise a FileExistsError says so), never silently."""
     text = render(sweep, config=config, subjects=subjects, root=root, steps=steps)
-    return atomic_write_text(Path(out_dir) / f"{sweep.name}.yaml", text)
+    path = Path(out_dir) / f"{sweep.name}.yaml"
+    if path.exists():
+        if path.read_text() == text:
+            return path, "unchanged"
+        if not force:
+            raise FileExistsError(
+                f"{path} exists with other content (a tracked file in the default --out); "
+                "pass --force to replace it, or --out DIR to write elsewhere"
+            )
+    return atomic_write_text(path, text), "wrote"

@@ -45,8 +45,13 @@ def save_adapter(
     model_tensors: dict[str, torch.Tensor],
     subject_vectors: torch.Tensor | None,
     meta: dict[str, Any],
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    tensors = {MODEL_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in model_tensors.items()}
+    """Tuned tensors in their training dtype, or cast to `dtype` (bf16 halves the file; see README)."""
+    tensors = {
+        MODEL_PREFIX + k: v.detach().to("cpu", dtype if dtype is not None else v.dtype).contiguous()
+        for k, v in model_tensors.items()
+    }
     if subject_vectors is not None:
         tensors[EMBEDDING_KEY] = subject_vectors.detach().to("cpu", torch.float32).contiguous()
     header = {"format": FORMAT, "meta": json.dumps(meta, default=str)}
