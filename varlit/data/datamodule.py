@@ -449,6 +449,8 @@ class SubjectDataModule(LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+        loader.position_owner = self
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         self.build_cache()
@@ -491,8 +493,6 @@ class SubjectDataModule(LightningDataModule):
             out.append(PromptBatch(chunk, text, placeholder, schedule, vae_schedule))
         return out
 
-        loader.position_owner = self
-        return loader
     def class_prompt_batch(self) -> PromptBatch:
         """All class-prior prompts with their features (e.g. to pre-sample a prior bank)."""
         return self.prompt_batches(self.class_prompts, len(self.class_prompts))[0]
