@@ -289,6 +289,8 @@ def test_fit_options_quiet_output_and_resumable_data(tmp_path, capsys):
         "2",
         "--run.adapter_every_n_steps",
         "1",
+        "--run.adapter_keep_last",
+        "2",
     )
     proc = _fit(tmp_path, 2, *options)
     out = proc.stdout + proc.stderr
@@ -321,6 +323,10 @@ def test_fit_options_quiet_output_and_resumable_data(tmp_path, capsys):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "not resumable" not in out
+    assert sorted(p.name for p in run.glob("adapter-step*.safetensors")) == [  # only the newest 2 kept
+        "adapter-step000002.safetensors",
+        "adapter-step000003.safetensors",
+    ]
     loader_state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["loops"]["fit_loop"]
     assert loader_state["state_dict"]["combined_loader"] == [{"batches_consumed": 6}]
 
@@ -461,3 +467,32 @@ def test_adapter_dtype_option(tmp_path):
     assert size16 < 0.6 * size32
     with pytest.raises(ValueError, match="adapter dtype"):
         AdapterCheckpoint(dtype="int8")
+
+
+def test_validation_kl_is_clamped_at_zero(monkeypatch):
+    """Rounding makes the KL of two equal distributions about -1e-9; validation shows 0 instead."""
+    from types import SimpleNamespace
+
+    from varlit.module import SubjectTuningModule
+
+    class Batch:
+        schedule = None
+
+        def to(self, device):
+            return self
+
+        def __len__(self) -> int:
+            return 1
+
+    m = SubjectTuningModule(preset="tiny")
+    m._trainer = SimpleNamespace(datamodule=SimpleNamespace(train_dataloader=lambda: [Batch()]))
+    monkeypatch.setattr(m, "instance_loss", lambda *a, **k: (torch.tensor(0.5), torch.tensor([0.5])))
+    monkeypatch.setattr(m, "prior_batch", lambda batch, g: (None, None))
+    monkeypatch.setattr(
+        m, "prior_loss", lambda pb, text, s: (torch.tensor(-1e-9), torch.tensor([-1e-9, 0.2]))
+    )
+    logged: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(m, "log_dict", lambda d, **kw: logged.update(d))
+    m._validation_losses()
+    assert float(logged["val/prior_loss"]) == 0.0 and float(logged["val/prior_kl_scale00"]) == 0.0
+    assert float(logged["val/prior_kl_scale01"]) == pytest.approx(0.2)

@@ -22,13 +22,17 @@ class AdapterCheckpoint(pl.Callback):
         every_n_steps: int = 0,
         dirpath: str | None = None,
         dtype: str = "same",
+        keep_last: int = 0,
     ):
+        if keep_last < 0:
+            raise ValueError(f"adapter keep_last must be >= 0 (0: keep all), got {keep_last}")
         if dtype not in ADAPTER_DTYPES:
             raise ValueError(
                 f"adapter dtype: unknown value {dtype!r}; choose one of {', '.join(ADAPTER_DTYPES)}"
             )
         self.filename, self.every_n_steps, self.dirpath = filename, every_n_steps, dirpath
         self.dtype = ADAPTER_DTYPES[dtype]
+        self.keep_last = keep_last
         self.last_path: Path | None = None
         self._last_step = -1
 
@@ -45,6 +49,16 @@ class AdapterCheckpoint(pl.Callback):
         if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
             self._last_step = step
             self._save(trainer, pl_module, f"adapter-step{step:06d}.safetensors")
+            self._prune(trainer)
+
+    @rank_zero_only
+    def _prune(self, trainer: pl.Trainer) -> None:
+        """Keep only the newest `keep_last` intermediate adapters (0: all)."""
+        if not self.keep_last:
+            return
+        steps = sorted(self._path(trainer).glob("adapter-step*.safetensors"))  # zero-padded: by step
+        for old in steps[: -self.keep_last]:
+            old.unlink(missing_ok=True)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._save(trainer, pl_module, self.filename)
