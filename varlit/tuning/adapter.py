@@ -54,6 +54,9 @@ def save_adapter(
     }
     if subject_vectors is not None:
         tensors[EMBEDDING_KEY] = subject_vectors.detach().to("cpu", torch.float32).contiguous()
+    check_finite_tensors(tensors, f"adapter {path} not written")  # a diverged run never leaves one behind
+    # What the file must hold, so a reader can tell a damaged or foreign file from a complete one.
+    meta = {**meta, "tensors": sorted(model_tensors), "subject_vectors": subject_vectors is not None}
     header = {"format": FORMAT, "meta": json.dumps(meta, default=str)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
