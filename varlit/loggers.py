@@ -24,6 +24,12 @@ class RunConfig:
     group: str | None = None  # one per sweep: the dashboards group ablation variants by it
     tags: list[str] = field(default_factory=list)  # one per variant
     job_type: str = "fit"
+    overwrite: bool = False  # a fresh fit may replace the run already in this folder
+    # last.ckpt (for `--ckpt_path last`): every N steps (None: max_steps / 20) or M minutes, whichever is
+    # first, unless writing would take more than `checkpoint_max_overhead` of the time; always on SIGTERM/SIGINT
+    checkpoint_every_n_steps: int | None = None
+    checkpoint_every_minutes: float = 10.0
+    checkpoint_max_overhead: float = 0.05
 
     @property
     def dir(self) -> Path:
