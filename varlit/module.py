@@ -35,7 +35,8 @@ from .models.sampler import SampleOutput, SamplingConfig, sample
 from .models.text import TextBatch, TextEncoder
 from .models.vae import BSQVAE
 from .pipeline import load_base, resolve_dtype
-from .tuning.adapter import save_adapter
+from .tuning.adapter import base_fingerprint, save_adapter
+from .tuning.divergence import check_gradients, check_losses
 from .tuning.freeze import FreezeConfig, ResolvedMask, apply_mask, resolve_for_model, validate
 from .tuning.losses import (
     arbooth_joint_kl,
@@ -209,6 +210,8 @@ class SubjectTuningModule(pl.LightningModule):
         self.subject_embedding = (
             SubjectEmbedding(embedding.num_vectors, cfg.text_channels) if freeze.subject_embedding else None
         )
+        # Identity of the frozen base, recorded in adapters so they are never applied to another base.
+        self._base_fingerprint = base_fingerprint(student, set(self.mask.trainable))
         # Pretrained values of the tuned tensors: the teacher's copy, taken before any step or restore.
         self._teacher_init = {
             k: v.detach().clone() for k, v in student.state_dict().items() if k in self.mask.trainable
@@ -226,6 +229,8 @@ class SubjectTuningModule(pl.LightningModule):
         self._validation_samples = None
         self.val_class_samples = val_class_samples
         self._standalone_optimizer: torch.optim.Optimizer | None = None
+        self._pending_losses: list[str] = []  # losses checked since the last update (the gradient's source)
+        self._grad_source = ""
 
     # ------------------------------------------------------------------------------------------ config
 
@@ -469,7 +474,7 @@ class SubjectTuningModule(pl.LightningModule):
         text, schedule = self._class_prompts_text()
         cfg = self.prior_cfg.bank
         bank = PriorBank(cfg, self._bank_identity(schedule), num_prompts=text.batch_size)
-        if self.global_rank == 0 and bank.status() != "complete":
+        if self.global_rank == 0:  # draws what is missing or damaged (checksums), or only verifies
 
             def sample_fn(prompt_idx: torch.Tensor, gen: torch.Generator):
                 pb = self.teacher_samples(text.index(prompt_idx.to(text.lengths_B.device)), schedule, gen)
@@ -536,6 +541,24 @@ class SubjectTuningModule(pl.LightningModule):
         g.manual_seed(_step_seed(self.seed, self.global_step, stream, self.global_rank))
         return g
 
+    def _current_lr(self) -> float | None:
+        opt = self._standalone_optimizer if self._trainer is None else self.optimizers()
+        return float(opt.param_groups[0]["lr"]) if opt is not None else None
+
+    def _check_losses(self, **losses: torch.Tensor) -> None:
+        """Stop at the first non-finite loss (one line: step, which loss, lr); remembers the gradient's source."""
+        check_losses(int(self.global_step), losses, self._current_lr())
+        self._grad_source = " + ".join([*self._pending_losses, *losses])
+        self._pending_losses = [*self._pending_losses, *losses]
+
+    def _check_gradients(self, opt) -> None:
+        """Stop when the gradient about to be applied is not finite (fp16's loss scaler handles its own)."""
+        source, self._pending_losses = self._grad_source or "training", []
+        if "16-mixed" in str(self.trainer.precision) and "bf16" not in str(self.trainer.precision):
+            return
+        params = [p for g in opt.param_groups for p in g["params"]]
+        check_gradients(int(self.global_step), params, source, self._current_lr())
+
     def _optimizer_step(self, loss: torch.Tensor) -> None:
         if self._standalone_optimizer is not None:  # no Trainer (benchmarks)
             opt = self._standalone_optimizer
@@ -553,6 +576,7 @@ class SubjectTuningModule(pl.LightningModule):
             self.clip_gradients(
                 opt, gradient_clip_val=self.optim_cfg.grad_clip, gradient_clip_algorithm="norm"
             )
+        self._check_gradients(opt)
         opt.step()
 
     def training_step_for_bench(self, batch) -> torch.Tensor:
@@ -573,16 +597,19 @@ class SubjectTuningModule(pl.LightningModule):
         gen_inst, gen_prior = self._generator(1), self._generator(2)
         logs: dict[str, torch.Tensor] = {}
         l_inst, inst_scales = self.instance_loss(batch, gen_inst)
+        self._check_losses(instance=l_inst)
         schedule = batch.schedule
         if self.uses_prior and self.optim_cfg.schedule == "alternating":
             self._optimizer_step(l_inst)
             pb, text = self.prior_batch(batch, gen_prior)
             l_prior, prior_scales = self.prior_loss(pb, text, schedule)
+            self._check_losses(prior=l_prior)
             self._optimizer_step(self.prior_cfg.weight * l_prior)
             total = l_inst.detach() + self.prior_cfg.weight * l_prior.detach()
         elif self.uses_prior:
             pb, text = self.prior_batch(batch, gen_prior)
             l_prior, prior_scales = self.prior_loss(pb, text, schedule)
+            self._check_losses(prior=l_prior)
             total = l_inst + self.prior_cfg.weight * l_prior
             self._optimizer_step(total)
         else:
@@ -698,6 +725,7 @@ class SubjectTuningModule(pl.LightningModule):
             "class_word": self._class_word(),
             "step": int(self.global_step),
             "freeze": self.mask.as_hparams(),
+            "base_fingerprint": self._base_fingerprint,
             "hparams": {k: v for k, v in self.hparams.items()},
             **(extra_meta or {}),
         }

@@ -141,11 +141,12 @@ class Pipeline:
     def encode(self, prompts: Sequence[str]) -> TextBatch:
         text = self.text_encoder.encode(list(prompts))
         if self.subject is not None and self.placeholder is not None:
-            from .tuning.subject_embedding import find_placeholder
+            from .tuning.subject_embedding import check_placeholders_kept, find_placeholder
 
             token_id = self.text_encoder.tokenizer.convert_tokens_to_ids(self.placeholder)
             ids = self.text_encoder.tokenize(list(prompts))["input_ids"]
             positions = find_placeholder(ids, token_id, text.lengths_B)
+            check_placeholders_kept(list(prompts), positions, self.placeholder, self.text_encoder.max_length)
             text = self.subject.splice_text(text, positions, max_length=self.model.cfg.text_maxlen)
         return text.to(self.device, self.model.cfg_uncond.dtype)
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
-from ..io import atomic_write_json, save_png
+from ..io import atomic_write_json, check_writable_dir, save_png
 from ..models.presets import get_preset
 from ..models.sampler import SamplingConfig, to_uint8
 from ..pipeline import Pipeline, slugify
+from ..tuning.subject_embedding import PLACEHOLDER
+
+log = logging.getLogger(__name__)
 
 
 def sample_images(
@@ -60,6 +64,16 @@ def sample_images(
     seeds = list(seeds) if seeds is not None else [0]
     sampling = sampling or SamplingConfig()
     get_preset(preset).schedule(h_div_w, pn)  # fail on a bad preset / aspect ratio before loading anything
+    check_writable_dir(out_dir, "out_dir")  # before any image is generated
+    if adapter:
+        without = [p for p in prompt_list if PLACEHOLDER not in p]
+        if without:
+            log.warning(
+                "%d prompt(s) without %s do not use the adapter's subject, e.g. %r",
+                len(without),
+                PLACEHOLDER,
+                without[0],
+            )
     pipe = Pipeline.load(
         preset, weights, vae_weights, text_encoder, device=device, dtype=dtype, init_seed=init_seed
     )
