@@ -1,16 +1,29 @@
-"""LightningCLI for `varlit fit | validate | test` over SubjectTuningModule and SubjectDataModule.
+"""LightningCLI for `varlit fit | validate` over SubjectTuningModule and SubjectDataModule.
 
 Additions to the stock CLI: a `run` group (folder name, wandb project/group/tags/job type), loggers and
 default callbacks built from it, checkpoints in `<run dir>/checkpoints` (so `--ckpt_path last` resumes a
 killed run), the resolved config saved as `<run dir>/config.yaml` and uploaded to wandb.
+
+Before any weights load it checks what is quick to check (GPU, photos, DreamBench, the checkpoint that
+`validate` scores) and maps Lightning's optimisation flags onto the module's manual optimisation:
+`--trainer.accumulate_grad_batches` becomes `model.optim.accumulate_grad_batches`, norm clipping
+(`--trainer.gradient_clip_val`) becomes `model.optim.grad_clip`. A bad flag is one error line with a hint.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import logging
+import re
+import sys
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import torch
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -69,8 +82,138 @@ def _plain(d: Any) -> Any:
     return d if isinstance(d, (int, float, str, bool, type(None))) else str(d)
 
 
+class _DropAdverts(logging.Filter):
+    """Lightning's info lines that advertise other packages ("💡 Tip: ... try installing ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Silence start-up noise that says nothing about the run (idempotent)."""
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdverts) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropAdverts())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+class VarlitParser(LightningArgumentParser):
+    """Errors as one line (plus a close match for a mistyped key), not the full usage first."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        text = message.strip() or "invalid arguments"
+        hint = ""
+        unknown = re.search(
+            r"(?:no action for key|unrecognized arguments:)\s*\"?(?:--)?([\w.]+)", message, re.I
+        )
+        if unknown:
+            keys = [a.dest for a in parser._actions if a.dest and a.dest != "help"]
+            close = difflib.get_close_matches(unknown.group(1), keys, n=1, cutoff=0.6)
+            if close:
+                hint = f"; did you mean --{close[0]}?"
+        prog = parser.prog.replace(" [options]", "")
+        lines = text.splitlines()
+        lines[0] += hint  # the error itself first (jsonargparse's detail lines, if any, follow)
+        sys.stderr.write(f"{prog}: error: " + "\n".join(lines) + f"\n(all options: {prog} --help)\n")
+        raise SystemExit(2)
+
+
+class EpochProgressBar(RichProgressBar):
+    """Rich progress bar that shows "Epoch N" (Lightning shows "Epoch 0/-2" for step-limited runs)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_epochs = self.trainer.max_epochs
+        desc = f"Epoch {current_epoch}" + (f"/{max_epochs - 1}" if max_epochs and max_epochs > 0 else "")
+        return f"{desc:{len(self.validation_description)}}"
+
+    @property
+    def total_train_batches(self) -> int | float:
+        # Lightning caps the bar at the steps left; with gradient accumulation a step takes k batches.
+        optim = getattr(self.trainer.lightning_module, "optim_cfg", None)
+        k = getattr(optim, "accumulate_grad_batches", 1)
+        max_steps = self.trainer.max_steps
+        if k > 1 and self.trainer.max_epochs == -1 and max_steps and max_steps > 0:
+            return min(self.trainer.num_training_batches, k * (max_steps - self.trainer.global_step))
+        return super().total_train_batches
+
+
+def default_progress_bar() -> ProgressBar:
+    return EpochProgressBar() if importlib.util.find_spec("rich") else TQDMProgressBar()
+
+
+def _is_set(value: Any) -> bool:
+    return value is not None
+
+
+def map_optimisation_flags(cfg: Any) -> None:
+    """Lightning's automatic-optimisation flags, translated for the module's manual optimisation."""
+    accumulate = cfg.get("trainer.accumulate_grad_batches") or 1
+    if accumulate != 1:
+        own = cfg.get("model.optim.accumulate_grad_batches") or 1
+        if own not in (1, accumulate):
+            raise ValueError(
+                f"trainer.accumulate_grad_batches={accumulate} contradicts "
+                f"model.optim.accumulate_grad_batches={own}; set one of them"
+            )
+        cfg["model.optim.accumulate_grad_batches"] = accumulate
+        cfg["trainer.accumulate_grad_batches"] = 1
+    clip = cfg.get("trainer.gradient_clip_val")
+    if _is_set(clip):
+        algorithm = cfg.get("trainer.gradient_clip_algorithm") or "norm"
+        if algorithm != "norm":
+            raise ValueError(
+                f"trainer.gradient_clip_algorithm={algorithm!r} is not supported: varlit clips the global "
+                "gradient norm; use --model.optim.grad_clip MAX_NORM"
+            )
+        own = cfg.get("model.optim.grad_clip")
+        if own is not None and float(own) != float(clip):
+            raise ValueError(
+                f"trainer.gradient_clip_val={clip} contradicts model.optim.grad_clip={own}; "
+                "use --model.optim.grad_clip only"
+            )
+        cfg["model.optim.grad_clip"] = float(clip)
+        cfg["trainer.gradient_clip_val"] = None
+        cfg["trainer.gradient_clip_algorithm"] = None
+
+
+def preflight(cfg: Any, subcommand: str) -> None:
+    """Checks that take milliseconds, run before the base model's weights are looked up or loaded."""
+    accelerator = str(cfg.get("trainer.accelerator") or "auto")
+    wants_gpu = accelerator in ("gpu", "cuda") or str(cfg.get("model.init_device") or "").startswith("cuda")
+    if wants_gpu and not torch.cuda.is_available():
+        raise ValueError(
+            f"trainer.accelerator={accelerator} / model.init_device={cfg.get('model.init_device')} ask for a "
+            "GPU but torch sees none (torch.cuda.is_available() is False); use --trainer.accelerator cpu"
+        )
+    subject_dir = cfg.get("data.subject_dir")
+    if subject_dir and not Path(subject_dir).expanduser().is_dir():
+        raise ValueError(f"data.subject_dir: {subject_dir} is not a folder (--data.subject_dir)")
+    if cfg.get("data.subject") and not subject_dir:
+        from .data import dreambench
+
+        root = cfg.get("data.dreambench_root")
+        dreambench.dataset_dir(Path(root) if root else dreambench.default_root())
+    if subcommand == "validate":
+        ckpt = cfg.get("ckpt_path")
+        if ckpt is None or ckpt == "last":
+            run = RunConfig(name=cfg.get("run.name"), root=cfg.get("run.root"))
+            last = run.dir / "checkpoints" / "last.ckpt"
+            if not last.is_file():
+                raise ValueError(
+                    f"nothing to validate: {last} does not exist. Train the run first (`varlit fit` with the "
+                    "same config and run.name) or pass --ckpt_path PATH; validating without a checkpoint "
+                    "would score the untrained base model"
+                )
+            cfg["ckpt_path"] = str(last)
+            print(f"validating {last}")
+
+
 class VarlitCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True):
+        quiet_lightning()
         self.run_folder: RunFolder | None = None
         self.resume_ckpt: dict[str, Any] | None = None
         failed = True
@@ -134,14 +277,38 @@ class VarlitCLI(LightningCLI):
     def before_validate(self) -> None:
         self._check_resume_fits()
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # `test` is gone: there is no test split; `varlit eval` runs the DreamBench protocol.
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        self.parser_class = VarlitParser
+        return super().init_parser(**kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # `varlit` always passes its own argv: Lightning's warning about args *and* sys.argv does not apply.
+        self.config = parser.parse_args(args) if args is not None else parser.parse_args()
+
     def before_instantiate_classes(self) -> None:
-        self._check_run(self.config[self.subcommand] if self.subcommand else self.config)
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        map_optimisation_flags(cfg)
+        preflight(cfg, self.subcommand or "")
+        self._check_run(cfg)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunConfig, "run")
         parser.add_class_arguments(EvalConfig, "eval")  # the `eval:` section that `varlit eval` reads
         # The data module draws per-rank batches itself (resumable order); Lightning must not wrap it.
-        parser.set_defaults({"trainer.max_steps": 500, "trainer.use_distributed_sampler": False})
+        # Lightning's model summary is off: the module prints its own trainable-tensor table (and the
+        # summary's FLOPs column is always 0 here).
+        parser.set_defaults(
+            {
+                "trainer.max_steps": 500,
+                "trainer.use_distributed_sampler": False,
+                "trainer.enable_model_summary": False,
+            }
+        )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         run: RunConfig = self._get(self.config_init, "run")
@@ -157,11 +324,19 @@ class VarlitCLI(LightningCLI):
                 run.checkpoint_every_minutes,
                 run.checkpoint_max_overhead,
             ),
-            AdapterCheckpoint(),
+            AdapterCheckpoint(
+                every_n_steps=run.adapter_every_n_steps,
+                dtype=run.adapter_dtype,
+                keep_last=run.adapter_keep_last,
+            ),
             SampleGrid(),
             PerScaleLosses(),
             RunSummary(),
         ]
+        if config.get("enable_progress_bar") is not False and not any(
+            issubclass(h, ProgressBar) for h in have
+        ):
+            defaults.append(default_progress_bar())
         config["callbacks"] = given + [c for c in defaults if not any(issubclass(h, type(c)) for h in have)]
         if self.run_folder is not None:
             config["callbacks"].append(RunFolderCallback(self.run_folder))

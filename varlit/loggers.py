@@ -30,6 +30,10 @@ class RunConfig:
     checkpoint_every_n_steps: int | None = None
     checkpoint_every_minutes: float = 10.0
     checkpoint_max_overhead: float = 0.05
+    # also write adapter-stepNNNNNN.safetensors every N steps (0: only the final adapter)
+    adapter_every_n_steps: int = 0
+    adapter_keep_last: int = 0  # keep only the newest N intermediate adapters (0: all)
+    adapter_dtype: str = "same"  # same (the training dtype of the tuned tensors) | float32 | bfloat16
 
     @property
     def dir(self) -> Path:
@@ -93,15 +97,18 @@ def make_loggers(run: RunConfig) -> list[Logger]:
             from lightning.pytorch.loggers import WandbLogger
         except ImportError:
             return loggers
-        loggers.append(
-            WandbLogger(
-                project=run.project,
-                name=run.name,
-                group=run.group,
-                tags=list(run.tags) or None,
-                job_type=run.job_type,
-                save_dir=str(run.dir),
-                offline=wandb_offline(),
-            )
+        logger = WandbLogger(
+            project=run.project,
+            name=run.name,
+            group=run.group,
+            tags=list(run.tags) or None,
+            job_type=run.job_type,
+            save_dir=str(run.dir),
+            offline=wandb_offline(),
         )
+        # Lightning always passes `anonymous=None`, which wandb answers with a deprecation warning.
+        init_args = getattr(logger, "_wandb_init", {})
+        if init_args.get("anonymous") is None:
+            init_args.pop("anonymous", None)
+        loggers.append(logger)
     return loggers
