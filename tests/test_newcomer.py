@@ -298,6 +298,7 @@ def test_fit_options_quiet_output_and_resumable_data(tmp_path, capsys):
     for noise in NOISE:
         assert noise not in out, noise
     assert "Epoch 0" in out  # the progress bar of tiny.yaml is on
+    assert re.search(r"\b4/4\b", out)  # 2 steps x 2 accumulated batches: the bar counts batches
     run = tmp_path / "runs" / "t"
     config = (run / "config.yaml").read_text()
     assert "accumulate_grad_batches: 2" in config and "grad_clip: 1.0" in config

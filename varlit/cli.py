@@ -1,12 +1,13 @@
 """The `varlit` console script.
 
-`fit`, `validate` and `test` are LightningCLI runs over the subject-tuning module and data module;
-`sample`, `eval`, `data` and `bench` are plain commands with the same config-file conventions
+`fit` and `validate` are LightningCLI runs over the subject-tuning module and data module;
+`sample`, `eval`, `download`, `data` and `bench` are plain commands with the same config-file conventions
 (`--config file.yaml`, repeatable, and `--print_config`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -15,10 +16,11 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 USAGE = """usage: varlit <command> [options]
 
 commands:
-  fit | validate | test   LightningCLI runs (see `varlit fit --help`)
+  fit | validate          LightningCLI runs (see `varlit fit --help`); validate scores the run's last checkpoint
   sample                  generate PNGs from a preset, checkpoint and optional subject adapter
   eval                    DreamBench-style evaluation of subject adapters
-  data                    dataset helpers (`varlit data dreambench --out DIR`)
+  download                fetch a preset's released weights (`varlit download --preset infinity-2b`)
+  data                    dataset helpers (`varlit data dreambench [--out data/dreambench]`)
   bench                   speed and memory benchmarks
   sweep                   ablation sweeps: run, collect, launch, wandb (see `make help`)
 """
@@ -56,6 +58,11 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
 
         return run_function(sample_images, argv, "varlit sample")
 
+    def download(argv: list[str]) -> object:
+        from .commands.download import download as download_fn
+
+        return run_function(download_fn, argv, "varlit download")
+
     def bench(argv: list[str]) -> object:
         from .bench import run_bench
 
@@ -84,23 +91,49 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
 
         return eval_main(argv)
 
-    lightning = {
-        name: (lambda argv, name=name: run_lightning([name, *argv])) for name in ("fit", "validate", "test")
+    lightning = {name: (lambda argv, name=name: run_lightning([name, *argv])) for name in ("fit", "validate")}
+    return {
+        "sample": sample,
+        "eval": evaluate,
+        "download": download,
+        "data": data,
+        "bench": bench,
+        "sweep": sweep,
+        **lightning,
     }
-    return {"sample": sample, "eval": evaluate, "data": data, "bench": bench, "sweep": sweep, **lightning}
+
+
+REMOVED = {
+    "test": "`varlit test` was removed (there is no test split); use `varlit eval` for the DreamBench protocol"
+}
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except BrokenPipeError:  # `varlit ... | head`: the reader left; quietly stop writing
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(0) from None
+
+
+def _main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
     commands = _commands()
+    if command in REMOVED:
+        print(f"varlit: error: {REMOVED[command]}", file=sys.stderr)
+        raise SystemExit(2)
     if command not in commands:
         print(f"varlit: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
     try:
+        from .threads import apply_thread_policy
+
+        apply_thread_policy()
         commands[command](rest)
     except _user_errors() as err:
         msg = str(err).strip() or type(err).__name__

@@ -57,6 +57,7 @@ PRIOR_LOSSES = ("soft", "hard", "none")
 BANK_IN_MEMORY_BYTES = 4 * 2**30  # a prior bank up to this size is held on the device
 PRIOR_SOURCES = ("online", "bank")
 SCHEDULES = ("joint", "alternating")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass
@@ -94,6 +95,9 @@ class OptimConfig:
     eps: float = 1e-8
     schedule: str = "joint"  # joint: one backward of L_inst + lambda L_prior | alternating: two steps
     grad_clip: float | None = None  # max global gradient norm
+    accumulate_grad_batches: int = 1  # batches whose gradients are summed (averaged) into one step
+    lr_schedule: str = "constant"  # constant (the paper) | linear | cosine decay to 0 at trainer.max_steps
+    warmup_steps: int = 0  # linear warm-up from lr/warmup_steps to lr over the first steps
 
 
 def _check_choice(value: str, choices: tuple[str, ...], where: str) -> None:
@@ -229,6 +233,7 @@ class SubjectTuningModule(pl.LightningModule):
         self._validation_samples = None
         self.val_class_samples = val_class_samples
         self._standalone_optimizer: torch.optim.Optimizer | None = None
+        self._micro_batch = 0  # batches accumulated since the last optimizer step
         self._pending_losses: list[str] = []  # losses checked since the last update (the gradient's source)
         self._grad_source = ""
 
@@ -257,6 +262,17 @@ class SubjectTuningModule(pl.LightningModule):
             raise ValueError(f"optim.lr must be > 0, got {optim.lr}")
         if optim.grad_clip is not None and optim.grad_clip <= 0:
             raise ValueError(f"optim.grad_clip must be > 0 or null, got {optim.grad_clip}")
+        if optim.accumulate_grad_batches < 1:
+            raise ValueError(
+                f"optim.accumulate_grad_batches must be >= 1, got {optim.accumulate_grad_batches}"
+            )
+        if optim.accumulate_grad_batches > 1 and optim.schedule == "alternating":
+            raise ValueError(
+                "optim.accumulate_grad_batches > 1 needs optim.schedule=joint (alternating takes two steps per batch)"
+            )
+        _check_choice(optim.lr_schedule, LR_SCHEDULES, "optim.lr_schedule")
+        if optim.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {optim.warmup_steps}")
         _check_choice(frozen_dtype, ("float32", "bfloat16", "auto"), "frozen_dtype")
 
     @property
@@ -349,9 +365,11 @@ class SubjectTuningModule(pl.LightningModule):
         self._move_frozen()
         self._init_subject_embedding()
         if self.global_rank == 0:
-            print(
-                f"trainable tensors (block x kind, trainable/total parameters):\n{self.mask.table(self.student)}"
+            n_subject = (
+                sum(p.numel() for p in self.subject_embedding.parameters()) if self.subject_embedding else 0
             )
+            table = self.mask.table(self.student, subject_params=n_subject)
+            print(f"trainable tensors (block x kind, trainable/total parameters):\n{table}")
         if self.logger is not None:
             self.logger.log_hyperparams(self.mask.as_hparams())
         if self.uses_prior and self.prior_cfg.source == "bank":
@@ -384,7 +402,7 @@ class SubjectTuningModule(pl.LightningModule):
         subject = getattr(dm, "subject", None)
         return getattr(subject, "class_word", None) or getattr(dm, "class_word", None)
 
-    def configure_optimizers(self):
+    def _build_optimizer(self) -> torch.optim.Optimizer:
         groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "name": "model"}]
         if self.subject_embedding is not None:
             lr = self.subject_cfg.lr or self.optim_cfg.lr
@@ -393,6 +411,28 @@ class SubjectTuningModule(pl.LightningModule):
         return torch.optim.AdamW(
             groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps
         )
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of every group's lr after `step` optimizer steps: warm-up, then the schedule."""
+        o = self.optim_cfg
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.lr_schedule == "constant":
+            return 1.0
+        total = self._trainer.max_steps if self._trainer is not None else -1
+        if total is None or total <= 0:
+            raise ValueError(
+                f"optim.lr_schedule={o.lr_schedule} decays to trainer.max_steps: set max_steps > 0"
+            )
+        progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+        return 1.0 - progress if o.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def configure_optimizers(self):
+        opt = self._build_optimizer()
+        if self.optim_cfg.lr_schedule == "constant" and self.optim_cfg.warmup_steps == 0:
+            return opt  # the paper's setting: no scheduler state in checkpoints
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = {f"student.{k}" for k in self.mask.trainable}
@@ -538,6 +578,8 @@ class SubjectTuningModule(pl.LightningModule):
 
     def _generator(self, stream: int) -> torch.Generator:
         g = torch.Generator(device=self.device)
+        # Accumulated batches of one step draw from their own streams (the micro-batch index is 0 without).
+        stream += 1000 * self._micro_batch
         g.manual_seed(_step_seed(self.seed, self.global_step, stream, self.global_rank))
         return g
 
@@ -570,19 +612,28 @@ class SubjectTuningModule(pl.LightningModule):
             opt.step()
             return
         opt = self.optimizers()
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        k = self.optim_cfg.accumulate_grad_batches
+        # With accumulation the step's gradient is the mean over k batches: each contributes loss / k.
+        self.manual_backward(loss / k if k > 1 else loss)
+        self._micro_batch += 1
+        if self._micro_batch < k:
+            return
+        self._micro_batch = 0
         if self.optim_cfg.grad_clip is not None:
             self.clip_gradients(
                 opt, gradient_clip_val=self.optim_cfg.grad_clip, gradient_clip_algorithm="norm"
             )
         self._check_gradients(opt)
         opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
 
     def training_step_for_bench(self, batch) -> torch.Tensor:
         """One full iteration without a Trainer (see `build_bench_module`): same maths, no logging."""
         if self._standalone_optimizer is None:
-            self._standalone_optimizer = self.configure_optimizers()
+            self._standalone_optimizer = self._build_optimizer()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._autocast_bf16()):
             return self._training_step(batch)
 
@@ -590,7 +641,9 @@ class SubjectTuningModule(pl.LightningModule):
         # Every random draw of a step comes from seeds of (seed, step): a resumed run repeats the same steps.
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(_step_seed(self.seed, self.global_step, 0, self.global_rank))
+            torch.manual_seed(
+                _step_seed(self.seed, self.global_step, 1000 * self._micro_batch, self.global_rank)
+            )
             return self._training_step(batch)
 
     def _training_step(self, batch) -> torch.Tensor:
@@ -624,6 +677,7 @@ class SubjectTuningModule(pl.LightningModule):
             for k, v in enumerate(prior_scales.detach()):
                 logs[f"train/prior_kl_scale{k:02d}"] = v
         if self._trainer is not None:
+            logs["train/lr"] = torch.tensor(float(self.optimizers().param_groups[0]["lr"]))
             self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=len(batch))
             self.log("loss", total.detach(), prog_bar=True, on_step=True, logger=False, batch_size=len(batch))
         self.last_step_losses = {
@@ -682,6 +736,8 @@ class SubjectTuningModule(pl.LightningModule):
             g = torch.Generator(device=self.device).manual_seed(self.val_seed)
             pb, text = self.prior_batch(batch, g)
             l_prior, prior_scales = self.prior_loss(pb, text, batch.schedule)
+            # A KL is >= 0; float rounding of two equal distributions gives about -1e-9: show 0.
+            l_prior, prior_scales = l_prior.clamp_min(0), prior_scales.clamp_min(0)
             logs["val/prior_loss"] = l_prior
             logs.update({f"val/prior_kl_scale{k:02d}": v for k, v in enumerate(prior_scales)})
         self.log_dict(logs, batch_size=len(batch), sync_dist=True)
@@ -717,7 +773,9 @@ class SubjectTuningModule(pl.LightningModule):
         params = dict(self.student.named_parameters())
         return {k: params[k] for k in sorted(self.mask.trainable)}
 
-    def save_adapter(self, path: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
+    def save_adapter(
+        self, path: str | Path, extra_meta: dict[str, Any] | None = None, dtype: torch.dtype | None = None
+    ) -> Path:
         meta = {
             "preset": self.preset.name,
             "weights": self._base_id("model"),
@@ -730,4 +788,4 @@ class SubjectTuningModule(pl.LightningModule):
             **(extra_meta or {}),
         }
         vectors = self.subject_embedding.vectors if self.subject_embedding is not None else None
-        return save_adapter(path, self.adapter_tensors(), vectors, meta)
+        return save_adapter(path, self.adapter_tensors(), vectors, meta, dtype=dtype)

@@ -23,6 +23,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def check_device(device: str) -> None:
+    """Fail at once (before any weights load) when a CUDA device is asked for and none is visible."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r}: torch sees no CUDA GPU (torch.cuda.is_available() is False); use --device cpu"
+        )
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """'auto' = bf16 on GPU (how the released models run), float32 on CPU."""
     if dtype == "auto":
@@ -158,11 +166,16 @@ class Pipeline:
         seed: int | None = 0,
         h_div_w: float = 1.0,
         pn: str | None = None,
+        negative_prompt: str | None = None,
     ) -> SampleOutput:
-        """One image per prompt; the same seed and prompt batch always give the same images."""
+        """One image per prompt; the same seed and prompt batch always give the same images.
+
+        `negative_prompt`: the unconditional rows of classifier-free guidance use its T5 features instead
+        of the learned null text (no effect when cfg is 1)."""
         if not prompts:
             raise ValueError("empty prompt list: give at least one prompt")
         schedule = self.schedule(h_div_w, pn)
+        negative = self.encode([negative_prompt]) if negative_prompt else None
         with torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=self.model.cfg_uncond.dtype == torch.bfloat16
         ):
@@ -174,6 +187,7 @@ class Pipeline:
                 sampling,
                 generator=make_generator(seed, self.device),
                 patchify=self.preset.patchify,
+                negative=negative,
             )
 
 

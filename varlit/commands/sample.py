@@ -9,10 +9,15 @@ from pathlib import Path
 from ..io import atomic_write_json, check_writable_dir, save_png
 from ..models.presets import get_preset
 from ..models.sampler import SamplingConfig, to_uint8
-from ..pipeline import Pipeline, slugify
+from ..pipeline import Pipeline, check_device, slugify
 from ..tuning.subject_embedding import PLACEHOLDER
 
 log = logging.getLogger(__name__)
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 image', '2 images'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def sample_images(
@@ -32,6 +37,7 @@ def sample_images(
     device: str = "auto",
     dtype: str = "auto",
     init_seed: int = 0,
+    negative_prompt: str | None = None,
 ) -> list[Path]:
     """Generate one PNG per (prompt, seed) and a samples.json index of what made each file.
 
@@ -52,6 +58,8 @@ def sample_images(
         device: auto, cpu, cuda, cuda:1 ...
         dtype: auto (bf16 on GPU, float32 on CPU), float32, bfloat16.
         init_seed: weights seed of a random-initialised preset (tiny).
+        negative_prompt: what to steer away from: classifier-free guidance's unconditional rows use this
+            prompt's features instead of the learned null text (needs cfg != 1).
     """
     prompt_list = list(prompts or [])
     if prompt_file:
@@ -64,6 +72,8 @@ def sample_images(
     seeds = list(seeds) if seeds is not None else [0]
     sampling = sampling or SamplingConfig()
     get_preset(preset).schedule(h_div_w, pn)  # fail on a bad preset / aspect ratio before loading anything
+    if adapter and not Path(adapter).is_file():  # before the (slow) base-model lookup
+        raise FileNotFoundError(f"adapter not found: {adapter} (--adapter)")
     check_writable_dir(out_dir, "out_dir")  # before any image is generated
     if adapter:
         without = [p for p in prompt_list if PLACEHOLDER not in p]
@@ -74,6 +84,7 @@ def sample_images(
                 PLACEHOLDER,
                 without[0],
             )
+    check_device(device)
     pipe = Pipeline.load(
         preset, weights, vae_weights, text_encoder, device=device, dtype=dtype, init_seed=init_seed
     )
@@ -87,7 +98,9 @@ def sample_images(
     for seed in seeds:
         for b in range(0, len(prompt_list), batch_size):
             batch = prompt_list[b : b + batch_size]
-            result = pipe.generate(batch, sampling, seed=seed, h_div_w=h_div_w, pn=pn)
+            result = pipe.generate(
+                batch, sampling, seed=seed, h_div_w=h_div_w, pn=pn, negative_prompt=negative_prompt
+            )
             for i, (prompt, img) in enumerate(zip(batch, to_uint8(result.images_B3HW))):
                 path = out / f"{b + i:03d}_s{seed}_{slugify(prompt)}.png"
                 written.append(save_png(path, img))
@@ -100,11 +113,12 @@ def sample_images(
             "weights": weights or pipe.preset.weights or f"random-init(seed={init_seed})",
             "adapter": adapter,
             "sampling": vars(sampling),
+            "negative_prompt": negative_prompt,
             "h_div_w": h_div_w,
             "pn": pn or pipe.preset.pn,
             "seconds": round(elapsed, 3),
             "images": index,
         },
     )
-    print(f"wrote {len(written)} images to {out} in {elapsed:.1f}s")
+    print(f"wrote {plural(len(written), 'image')} to {out} in {elapsed:.1f}s")
     return written

@@ -304,8 +304,11 @@ class ResolvedMask:
             out[key] = (t + (p.numel() if name in self.trainable else 0), tot + p.numel())
         return out
 
-    def table(self, model: nn.Module) -> str:
-        """Block x kind table of trainable parameter counts ('-' = frozen), plus a 'global' row and totals."""
+    def table(self, model: nn.Module, subject_params: int = 0) -> str:
+        """Block x kind table of trainable parameter counts ('-' = frozen), plus a 'global' row and totals.
+
+        `subject_params` (the learned subject vectors) count in the totals, so the share printed here is
+        the one `summary.json` and the sweep tables report."""
         counts = self.counts(model)
         kinds = [k for k in KINDS if any(key[1] == k for key in counts)]
         if any(key[1] == OTHER for key in counts):
@@ -315,12 +318,13 @@ class ResolvedMask:
         header = ["block", *kinds]
         widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
         lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in [header, *rows]]
-        trainable = sum(t for t, _ in counts.values())
-        total = sum(tot for _, tot in counts.values())
+        trainable = sum(t for t, _ in counts.values()) + subject_params
+        total = sum(tot for _, tot in counts.values()) + subject_params
         pct = 100.0 * trainable / total if total else 0.0
+        subject = f"{subject_params:,} subject vectors included" if subject_params else "no subject vectors"
         lines.append(
             f"freeze mask ({self.source}): {trainable:,} of {total:,} parameters trainable ({pct:.2f}%), "
-            f"subject embedding {'on' if self.subject_embedding else 'off'}"
+            f"subject embedding {'on' if self.subject_embedding else 'off'} ({subject})"
         )
         return "\n".join(lines)
 
