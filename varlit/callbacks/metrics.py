@@ -12,12 +12,15 @@ the class word). The module decides seeds and prompts, so the sample-grid callba
 
 At the end of every `every_n_validations`-th validation epoch (not during the sanity check unless asked)
 it scores the samples and logs `{prefix}dino`, `clip_i`, `clip_t`, `pres` (with class samples), `div`
-(when LPIPS is available offline), `fid` and `kid` (with `fid_reference_dir`) through `pl_module.log_dict`,
-with sync_dist=True. The backbones live on the callback, not the module, so they stay out of checkpoints.
+(when LPIPS is available offline), `fid` and `kid` (with `fid_reference_dir`) and, with `judge` set (the
+world's judge), `judge_subject_sim`, `judge_subject_rate`, `judge_context_prob`/`_acc`, `judge_class_prob`/`_acc`,
+`judge_leakage`, `judge_leakage_sim` and `judge_class_prior_acc` (see `varlit.eval.judge`) through
+`pl_module.log_dict`, with sync_dist=True. The backbones live on the callback, not the module, so they stay out of checkpoints.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,10 +36,22 @@ from varlit.eval.preprocess import EVAL_SIZE, load_images
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
 
+def with_data_subject(samples: SubjectSamples, pl_module: pl.LightningModule) -> SubjectSamples:
+    """The samples with the data module's subject name and class word (what the judge looks for), when the
+    module did not set them and the trainer's data module has a resolved subject."""
+    trainer = getattr(pl_module, "_trainer", None)
+    subject = getattr(getattr(trainer, "datamodule", None), "subject", None)
+    if subject is None or not hasattr(subject, "class_word"):
+        return samples
+    return dataclasses.replace(samples, subject=subject.name, class_word=subject.class_word)
+
+
 class SubjectMetricsCallback(pl.Callback):
     """Scores `pl_module.generate_validation_samples()` with the subject metrics and logs the means.
 
-    dino / clip: hub ids or local folders of the backbones (None switches one off). lpips: try DIV (only
+    dino / clip: hub ids or local folders of the backbones (None switches one off). judge: "world-judge" or a
+    judge.safetensors path (None, the default, switches the judge off; with it dino and clip may be None).
+    lpips: try DIV (only
     works where torchvision and cached AlexNet weights exist; otherwise DIV is skipped with a message).
     fid_reference_dir: a folder of real images; when set, FID and KID (in `fid_backbone` feature space)
     compare all validation samples with it. metrics: a prebuilt SubjectMetrics (tests, notebooks); when
@@ -58,6 +73,7 @@ class SubjectMetricsCallback(pl.Callback):
         prefix: str = "val/",
         on_sanity_check: bool = False,
         metrics: SubjectMetrics | None = None,
+        judge: str | None = None,
     ):
         super().__init__()
         if every_n_validations < 1:
@@ -66,7 +82,12 @@ class SubjectMetricsCallback(pl.Callback):
             raise ValueError(f"fid_backbone must be 'dino' or 'clip', got {fid_backbone!r}")
         if fid_reference_dir is not None and not Path(fid_reference_dir).is_dir():
             raise FileNotFoundError(f"fid_reference_dir: {fid_reference_dir} is not a folder")
+        if metrics is None and dino is None and clip is None and judge is None:
+            raise ValueError(
+                "SubjectMetricsCallback: dino, clip and judge are all None; no metric left to log"
+            )
         self.dino_id, self.clip_id, self.dino_protocol, self.lpips = dino, clip, dino_protocol, lpips
+        self.judge_id = judge
         self.every_n_validations = every_n_validations
         self.eval_size = eval_size
         self.batch_size = batch_size
@@ -99,6 +120,7 @@ class SubjectMetricsCallback(pl.Callback):
                 lpips=self.lpips,
                 eval_size=self.eval_size,
                 batch_size=self.batch_size,
+                judge=self.judge_id,
             )
         if self.metrics.div_skipped:
             rank_zero_info(self.metrics.div_skipped)
@@ -154,6 +176,8 @@ class SubjectMetricsCallback(pl.Callback):
                 f"{type(pl_module).__name__}.generate_validation_samples() must return varlit.eval.SubjectSamples, "
                 f"got {type(samples).__name__}"
             )
+        if self.metrics.judge is not None and samples.subject is None:
+            samples = with_data_subject(samples, pl_module)
         self.metrics.to(pl_module.device)
         scores = self.metrics.score(samples)
         if self.fid is not None:

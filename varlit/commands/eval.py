@@ -110,4 +110,6 @@ def main(argv: list[str]) -> EvalResult:
             out=init.out,
         )
     except BackboneLoadError as err:  # a backbone that is not there is bad input: one line, no traceback
-        raise ValueError(f"{err} (set eval.dino / eval.clip; tiny-dino / tiny-clip run offline)") from None
+        raise ValueError(
+            f"{err} (set eval.dino / eval.clip / eval.judge; tiny-dino / tiny-clip run offline)"
+        ) from None

@@ -33,7 +33,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from varlit.data import dreambench
+from varlit.data import dreambench, world_subjects
 from varlit.data.batches import PromptBatch, SubjectBatch
 from varlit.data.cache import TensorCache
 from varlit.data.images import DEFAULT_MAX_PIXELS, CropBox, uint8_to_pm1
@@ -213,7 +213,9 @@ class SubjectDataModule(LightningDataModule):
     """Few-shot subject photos + fixed prompts, precomputed by the frozen encoders and cached on disk.
 
     Choose the subject with `subject_dir` + `class_word` (your own photos) or `subject` (+ `dreambench_root`,
-    default `$VARLIT_DREAMBENCH_DIR` or `data/dreambench`) for a DreamBench subject. Templates put the
+    default `$VARLIT_DREAMBENCH_DIR` or `data/dreambench`) for a DreamBench subject, or `subject="world:<name>"`
+    for a subject of varlit's world (shipped photos, its class word; world prompts by default, see
+    `world_subjects`). Templates put the
     class word at `{class}`; `<placeholder>` marks the learned subject token. `pn` (pixel budget: 0.06M,
     0.25M, 0.60M, 1M) defaults to the attached preset's; the resolution follows from it and the VAE stride.
     `cache_dir` defaults to `~/.cache/varlit/tokens`.
@@ -249,7 +251,7 @@ class SubjectDataModule(LightningDataModule):
         if (subject_dir is None) == (subject is None):
             raise SubjectError(
                 "give exactly one subject: subject_dir + class_word (your photos) or subject (+ dreambench_root) "
-                f"for DreamBench; got subject_dir={subject_dir!r}, subject={subject!r}"
+                f"for DreamBench, or subject='world:<name>'; got subject_dir={subject_dir!r}, subject={subject!r}"
             )
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
@@ -317,8 +319,11 @@ class SubjectDataModule(LightningDataModule):
             folder = Path(self.subject_dir).expanduser()
             word = check_class_word(self.class_word, f"subject_dir={folder}")
             return Subject(name=folder.name, class_word=word, folder=folder, live=bool(self.live))
-        root = Path(self.dreambench_root) if self.dreambench_root else dreambench.default_root()
-        found = dreambench.dreambench_subject(root, self.subject_name, live=self.live)
+        if world_subjects.is_world_spec(self.subject_name):
+            found = world_subjects.world_subject(self.subject_name)
+        else:
+            root = Path(self.dreambench_root) if self.dreambench_root else dreambench.default_root()
+            found = dreambench.dreambench_subject(root, self.subject_name, live=self.live)
         if self.class_word:
             found = Subject(
                 found.name, check_class_word(self.class_word, "class_word"), found.folder, found.live
@@ -328,6 +333,7 @@ class SubjectDataModule(LightningDataModule):
     def _require_subject(self) -> Subject:
         if self.subject is None:
             self.setup("fit")
+        self._class_templates_given = class_templates is not None
         assert self.subject is not None
         return self.subject
 
@@ -337,13 +343,22 @@ class SubjectDataModule(LightningDataModule):
 
     @property
     def class_prompts(self) -> list[str]:
-        return [fill_template(t, self._require_subject().class_word) for t in self.class_templates]
+        subject = self._require_subject()
+        templates = self.class_templates
+        if not self._class_templates_given and world_subjects.world_subject_name(
+            subject.name, subject.class_word
+        ):
+            templates = [world_subjects.WORLD_CLASS_TEMPLATE]  # the world's own bare class caption
+        return [fill_template(t, subject.class_word) for t in templates]
 
     @property
     def val_prompts(self) -> list[str]:
         subject = self._require_subject()
         templates = self.val_templates
-        if templates is None:
+        world_name = world_subjects.world_subject_name(subject.name, subject.class_word)
+        if templates is None and world_name is not None:
+            templates = world_subjects.world_val_templates(world_name)
+        elif templates is None:
             templates = DEFAULT_VAL_PROMPTS_LIVE if subject.live else DEFAULT_VAL_PROMPTS_OBJECT
         return [fill_template(t, subject.class_word) for t in templates]
 

@@ -31,14 +31,19 @@ class EvalConfig:
             base model without an adapter (prompts then drop the placeholder). Default
             "{root}/{run}/adapter.safetensors".
         prompts: templates with one `{}` where "<placeholder> {class}" goes (DreamBench / ARBooth style);
-            default: DreamBench's 25 object or live templates, by the subject's class.
+            default: DreamBench's 25 object or live templates, by the subject's class; for a subject of
+            varlit's world, one template per world context ("a photo of a {} on the beach", ...).
         seeds: one sample per prompt and seed (the paper uses 8: 0..7).
-        num_class_samples: samples of the bare class prompt "a photo of {class}" for PRES (0 skips PRES).
+        num_class_samples: samples of the bare class prompt "a photo of {class}" ("a photo of a {class}" for a
+            world subject) for PRES and the judge's drift metrics (0 skips them).
         sampling: cfg, tau, top_k, top_p of every sample.
         batch_size: prompts sampled together (part of the images' fingerprint: batch mates share one RNG).
             4 keeps Infinity-2B's KV cache (about 5.5 GB per prompt with CFG, bf16) within a 40 GB GPU.
         dino: DINO backbone hub id or folder; "tiny-dino" = offline random stand-in; null skips DINO and PRES.
         clip: CLIP backbone hub id or folder; "tiny-clip" = offline random stand-in; null skips CLIP-I/T.
+        judge: the world's judge as a backbone: "world-judge" (varlit/world/weights/judge.safetensors) or a
+            judge.safetensors path; null (default) skips the judge_* metrics. With a judge, dino and clip
+            may both be null.
         dino_protocol: "arbooth" feeds DINO the squashed [-1, 1] image as the reference does; "processor"
             uses the checkpoint's own preprocessing.
         lpips: try DIV (needs torchvision and cached AlexNet weights; skipped with a reason otherwise).
@@ -60,6 +65,7 @@ class EvalConfig:
     batch_size: int = 4
     dino: str | None = DINO_ID
     clip: str | None = CLIP_ID
+    judge: str | None = None
     dino_protocol: Literal["arbooth", "processor"] = "arbooth"
     lpips: bool = True
     clip_t_text: Literal["class", "arbooth_compat"] = "class"
@@ -80,8 +86,11 @@ class EvalConfig:
         for name in ("batch_size", "metrics_batch_size", "eval_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
-        if self.dino is None and self.clip is None:
-            raise ValueError("eval.dino and eval.clip are both null: no metric left to compute")
+        if self.dino is None and self.clip is None and self.judge is None:
+            raise ValueError(
+                "eval.dino, eval.clip and eval.judge are all null: no metric left to compute "
+                "(for a world subject set eval.judge=world-judge)"
+            )
         if self.clip_t_text not in ("class", "arbooth_compat"):
             raise ValueError(
                 f"eval.clip_t_text must be 'class' or 'arbooth_compat', got {self.clip_t_text!r}"

@@ -39,6 +39,27 @@ CSV_COLUMNS = (
     "clip_backbone",
 )
 _HEAD = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "pres": "PRES", "div": "DIV"}
+# The world judge's metrics (`judge`): columns appear only when eval.judge is set.
+JUDGE_PROMPT_COLUMNS = (
+    "judge_subject_sim",
+    "judge_subject_rate",
+    "judge_context_prob",
+    "judge_context_acc",
+    "judge_class_prob",
+    "judge_class_acc",
+)
+JUDGE_SUBJECT_COLUMNS = ("judge_leakage", "judge_leakage_sim", "judge_class_prior_acc")
+_JUDGE_HEAD = {
+    "judge_subject_sim": "subj. sim",
+    "judge_subject_rate": "subj. rate",
+    "judge_context_prob": "ctx prob",
+    "judge_context_acc": "ctx acc",
+    "judge_class_prob": "cls prob",
+    "judge_class_acc": "cls acc",
+    "judge_leakage": "leakage",
+    "judge_leakage_sim": "leak. sim",
+    "judge_class_prior_acc": "prior acc",
+}
 
 
 def _fmt(value: float | None) -> str:
@@ -56,10 +77,21 @@ def _backbone_label(entry: dict[str, Any] | None) -> str:
     return f"{entry['id']} (random)" if entry.get("random_init") else entry["id"]
 
 
+def _judged(doc: dict[str, Any]) -> bool:
+    return bool(doc["backbones"].get("judge"))
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
 def metrics_csv(doc: dict[str, Any]) -> str:
-    """One row per subject x prompt; PRES (a per-subject number) repeats on the subject's rows."""
+    """One row per subject x prompt; PRES (a per-subject number) repeats on the subject's rows, and so do the
+    judge's drift metrics (columns after the DreamBench ones, only when the judge ran)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    judged = _judged(doc)
+    columns = CSV_COLUMNS + ((*JUDGE_PROMPT_COLUMNS, *JUDGE_SUBJECT_COLUMNS) if judged else ())
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     dino, clip = (_backbone_label(doc["backbones"][k]) for k in ("dino", "clip"))
     for name, subject in doc["subjects"].items():
@@ -79,6 +111,8 @@ def metrics_csv(doc: dict[str, Any]) -> str:
                     "adapter": subject["adapter"] or "base",
                     "dino_backbone": dino,
                     "clip_backbone": clip,
+                    **({k: _num(row[k]) for k in JUDGE_PROMPT_COLUMNS} if judged else {}),
+                    **({k: _num(subject["overall"][k]) for k in JUDGE_SUBJECT_COLUMNS} if judged else {}),
                 }
             )
     return buf.getvalue()
@@ -92,7 +126,7 @@ def metrics_markdown(doc: dict[str, Any]) -> str:
     if doc["notes"]:
         lines.append("")
     backbones = ", ".join(
-        _backbone_label(doc["backbones"][k]) for k in ("dino", "clip") if doc["backbones"][k]
+        _backbone_label(doc["backbones"].get(k)) for k in ("dino", "clip", "judge") if doc["backbones"].get(k)
     )
     settings = doc["settings"]
     lines += [
@@ -137,7 +171,42 @@ def metrics_markdown(doc: dict[str, Any]) -> str:
             + " | ".join(f"**{_fmt(subject['overall'][k])}**" for k in per_prompt)
             + " |"
         )
+    if _judged(doc):
+        lines += judge_markdown(doc)
     return "\n".join(lines) + "\n"
+
+
+def judge_markdown(doc: dict[str, Any]) -> list[str]:
+    """The world judge's metrics: per subject (overall), then per prompt."""
+    judge = doc["backbones"]["judge"]
+    names = (*JUDGE_PROMPT_COLUMNS, *JUDGE_SUBJECT_COLUMNS)
+    lines = [
+        "",
+        f"## World judge ({_code(judge['id'])})",
+        "",
+        "Subject fidelity: subj. sim (judge-embedding cosine with the photos), subj. rate (samples the judge "
+        "calls the subject). Prompt fidelity: probability / accuracy of the prompt's context and class. "
+        "Drift, on bare class-prompt samples: leakage (called the subject), leak. sim (cosine with the photos), "
+        "prior acc (read as the class).",
+        "",
+        "| subject | " + " | ".join(_JUDGE_HEAD[k] for k in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for name, subject in doc["subjects"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(subject["overall"][k]) for k in names) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{_fmt(doc['overall'][k])}**" for k in names) + " |")
+    for name, subject in doc["subjects"].items():
+        lines += [
+            "",
+            f"### {name}: judge per prompt (judged as subject {_code(str(subject.get('judge_subject')))})",
+            "",
+            "| prompt | n | " + " | ".join(_JUDGE_HEAD[k] for k in JUDGE_PROMPT_COLUMNS) + " |",
+            "|---|---:|" + "---:|" * len(JUDGE_PROMPT_COLUMNS),
+        ]
+        for prompt, row in subject["prompts"].items():
+            cells = " | ".join(_fmt(row[k]) for k in JUDGE_PROMPT_COLUMNS)
+            lines.append(f"| {_code(prompt)} | {row['n']} | {cells} |")
+    return lines
 
 
 def _tile(path: Path, side: int) -> np.ndarray:

@@ -34,6 +34,7 @@ from ..data.datamodule import SubjectDataModule
 from ..data.dreambench import LIVE_CLASSES
 from ..data.images import file_sha256, resize_and_crop, to_uint8_tensor
 from ..data.subjects import SubjectPhoto
+from ..data.world_subjects import WORLD_CLASS_TEMPLATE, world_eval_templates, world_subject_name
 from ..io import atomic_write_json, save_png
 from ..loggers import RunConfig
 from ..models.loading import CheckpointError
@@ -42,6 +43,7 @@ from ..models.schedules import image_size, nearest_h_div_w
 from ..pipeline import Pipeline, slugify
 from ..tuning.adapter import read_adapter_meta
 from .config import EvalConfig
+from .judge import JUDGE_METRIC_NAMES, PROMPT_METRICS, judge_path
 from .metrics import METRIC_NAMES, SubjectMetrics, SubjectSamples, SubjectScores
 from .preprocess import load_images
 from .prompts import (
@@ -255,9 +257,14 @@ def plan_subjects(cfg: EvalConfig, data: dict[str, Any], run: RunConfig, preset:
                     subject.name,
                     subject.class_word,
                 )
+        world = world_subject_name(subject.name, subject.class_word) is not None
+        if templates is not None:
+            chosen = templates
+        else:
+            chosen = world_eval_templates() if world else default_templates(live)
         prompts = [
             make_prompt(t, subject.class_word, cfg.clip_t_text, placeholder=adapter is not None)
-            for t in (templates if templates is not None else default_templates(live))
+            for t in chosen
         ]
         plans.append(
             SubjectPlan(
@@ -269,7 +276,11 @@ def plan_subjects(cfg: EvalConfig, data: dict[str, Any], run: RunConfig, preset:
                 adapter=adapter,
                 prompts=prompts,
                 slugs=unique_slugs(prompts),
-                class_prompt=class_prompt(subject.class_word),
+                class_prompt=(
+                    WORLD_CLASS_TEMPLATE.replace("{class}", subject.class_word)
+                    if world
+                    else class_prompt(subject.class_word)
+                ),
                 aspect=data.get("aspect") or "square",
                 resample=data.get("resample") or "bilinear",
             )
@@ -388,7 +399,7 @@ def generate_subject(
         for chunk in chunks:
             paths = [store.sample(plan.name, plan.slugs[j], seed) for j in chunk]
             jobs.append(([prompts[j] for j in chunk], seed, paths))
-    if cfg.num_class_samples > 0 and cfg.dino is not None:  # class samples only serve PRES, a DINO metric
+    if cfg.num_class_samples > 0 and uses_class_samples(cfg):
         class_fp = {**fingerprint, "prompt": plan.class_prompt, "num": cfg.num_class_samples}
         class_fp["batch_size"] = cfg.batch_size
         store.claim(store.dir(plan.name, CLASS_DIR), class_fp)
@@ -445,7 +456,7 @@ def score_subject(
     images = load_images([path for _, _, path in items], cfg.eval_size).to(device)
     reference = load_images(references, cfg.eval_size).to(device)
     class_images = None
-    if cfg.num_class_samples > 0 and metrics.dino is not None:
+    if cfg.num_class_samples > 0 and (metrics.dino is not None or metrics.judge is not None):
         class_paths = [store.class_sample(plan.name, i) for i in range(cfg.num_class_samples)]
         class_images = load_images(class_paths, cfg.eval_size).to(device)
     samples = SubjectSamples(
@@ -454,6 +465,8 @@ def score_subject(
         reference=reference,
         class_images=class_images,
         texts=[p.clip_text for p, _, _ in items],
+        subject=plan.name,
+        class_word=plan.class_word,
     )
     scores = metrics.score(samples)
     timing.scored += len(items) + (len(class_images) if class_images is not None else 0)
@@ -466,18 +479,29 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
+def uses_class_samples(cfg: EvalConfig) -> bool:
+    """Bare class-prompt samples serve PRES (a DINO metric) and the judge's drift metrics."""
+    return cfg.dino is not None or cfg.judge is not None
+
+
+def metric_names(cfg: EvalConfig) -> tuple[str, ...]:
+    """The overall metrics of a report: the DreamBench five, plus the judge's when it is on."""
+    return METRIC_NAMES + (JUDGE_METRIC_NAMES if cfg.judge is not None else ())
+
+
 def subject_entry(
     plan: SubjectPlan, scores: SubjectScores, cfg: EvalConfig, store: ImageStore
 ) -> dict[str, Any]:
     raw = scores.to_dict()
-    overall = {k: raw["overall"].get(k) for k in METRIC_NAMES}
+    overall = {k: raw["overall"].get(k) for k in metric_names(cfg)}
+    per_prompt = ("dino", "clip_i", "clip_t", "div") + (PROMPT_METRICS if cfg.judge is not None else ())
     prompts = {}
     for p, slug in zip(plan.prompts, plan.slugs):
         row = raw["prompts"][p.prompt]
         prompts[p.prompt] = {
             "template": p.template,
             "clip_t_text": p.clip_text,
-            **{k: row[k] for k in ("dino", "clip_i", "clip_t", "div")},
+            **{k: row[k] for k in per_prompt},
             "n": row["num_images"],
             "dir": store.dir(plan.name, slug).relative_to(store.out).as_posix(),
         }
@@ -487,9 +511,10 @@ def subject_entry(
         "adapter": str(plan.adapter) if plan.adapter is not None else None,
         "num_reference": len(plan.photos),
         "class_prompt": plan.class_prompt,
-        "num_class_samples": cfg.num_class_samples if cfg.dino is not None else 0,
+        "num_class_samples": cfg.num_class_samples if uses_class_samples(cfg) else 0,
         "overall": overall,
         "pres": overall["pres"],
+        **({"judge_subject": raw.get("judge_subject")} if cfg.judge is not None else {}),
         "div_skipped": raw["div_skipped"],
         "prompts": prompts,
     }
@@ -514,7 +539,7 @@ def build_metrics(
     div_skipped: str | None,
     timing: Timing,
 ) -> dict[str, Any]:
-    overall = {k: _mean([e["overall"][k] for e in entries.values()]) for k in METRIC_NAMES}
+    overall = {k: _mean([e["overall"][k] for e in entries.values()]) for k in metric_names(cfg)}
     notes = []
     if model.random_init:
         notes.append(
@@ -535,6 +560,7 @@ def build_metrics(
         "backbones": {
             "dino": backbone_entry(cfg.dino),
             "clip": backbone_entry(cfg.clip),
+            "judge": {"id": cfg.judge, "path": str(judge_path(cfg.judge))} if cfg.judge is not None else None,
             "dino_protocol": cfg.dino_protocol,
             "lpips": div_skipped is None,
         },
@@ -552,7 +578,7 @@ def build_metrics(
             "seeds": list(cfg.seeds),
             "prompts": list(cfg.prompts)
             if cfg.prompts is not None
-            else "dreambench (object or live by class)",
+            else "default (world contexts for a world subject, else DreamBench object or live by class)",
             "num_class_samples": cfg.num_class_samples,
             "sampling": asdict(cfg.sampling),
             "batch_size": cfg.batch_size,
@@ -590,6 +616,7 @@ def run_evaluation(
         lpips=cfg.lpips,
         eval_size=cfg.eval_size,
         batch_size=cfg.metrics_batch_size,
+        judge=cfg.judge,
     )
     timing.backbone_load_s = time.perf_counter() - start
 

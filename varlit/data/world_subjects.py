@@ -1,0 +1,69 @@
+"""World subjects as data: `--data.subject world:<name>` and the world's prompt lists.
+
+The world (`varlit.world`) ships eight subjects as DreamBench-like folders under
+`varlit/world/subject_photos/<name>/`. `world:<name>` resolves to that folder and to the subject's class
+word (never live). A subject counts as a world subject wherever it is selected (`world:<name>`, or a
+`subject_dir` whose folder is named after a world subject and whose class word is that subject's class):
+its default validation and evaluation prompts are then the world's (a context phrase the pretraining
+captions use) rather than DreamBench's, which name backgrounds the world cannot draw.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from varlit.data.subjects import Subject, SubjectError
+
+WORLD_PREFIX = "world:"
+SUBJECT_PHOTOS_DIR = Path(__file__).resolve().parent.parent / "world" / "subject_photos"
+#: Bare class prompt of a world subject: the pretraining caption "a photo of a {cls}" (PARTIAL_TEMPLATES).
+WORLD_CLASS_TEMPLATE = "a photo of a {class}"
+#: Validation grid size: as many prompts as DreamBench's default grid (4).
+NUM_WORLD_VAL_PROMPTS = 4
+
+
+def is_world_spec(subject: str | None) -> bool:
+    return subject is not None and subject.strip().startswith(WORLD_PREFIX)
+
+
+def world_subject(spec: str) -> Subject:
+    """`world:<name>` -> the shipped folder and the subject's class word; an unknown name lists the names."""
+    from varlit.world.subjects import SUBJECT_NAMES, SUBJECTS
+
+    name = spec.strip()[len(WORLD_PREFIX) :].strip()
+    if name not in SUBJECTS:
+        raise SubjectError(
+            f"data.subject={spec!r}: unknown world subject; choose one of {', '.join(SUBJECT_NAMES)}"
+        )
+    folder = SUBJECT_PHOTOS_DIR / name
+    if not folder.is_dir():
+        raise SubjectError(
+            f"data.subject={spec!r}: the shipped photos {folder} are missing; "
+            "write them with `varlit world subjects --out varlit/world/subject_photos` or reinstall varlit"
+        )
+    return Subject(name=name, class_word=SUBJECTS[name].cls, folder=folder, live=False)
+
+
+def world_subject_name(name: str, class_word: str) -> str | None:
+    """The world subject a (folder name, class word) pair denotes, or None for any other subject."""
+    from varlit.world.subjects import SUBJECTS
+
+    found = SUBJECTS.get(name)
+    return name if found is not None and found.cls == class_word else None
+
+
+def world_val_templates(name: str) -> list[str]:
+    """Validation prompts: the first contexts the subject's photos never show (the composition test)."""
+    from varlit.world.scenes import CONTEXTS
+    from varlit.world.subjects import get_subject
+
+    unseen = get_subject(name).unseen_contexts[:NUM_WORLD_VAL_PROMPTS]
+    return [f"a photo of a <placeholder> {{class}} {CONTEXTS[c]}" for c in unseen]
+
+
+def world_eval_templates() -> list[str]:
+    """Evaluation templates (one `{}` for "<placeholder> {class}"): one per world context, as DreamBench's
+    25 templates are one per background or attribute."""
+    from varlit.world.subjects import SUBJECT_PROMPTS
+
+    return list(SUBJECT_PROMPTS)
