@@ -23,6 +23,8 @@ commands:
   data                    dataset helpers (`varlit data dreambench [--out data/dreambench]`)
   bench                   speed and memory benchmarks
   sweep                   ablation sweeps: run, collect, launch, wandb (see `make help`)
+  pretrain                train a VAE or transformer on captioned images (`varlit pretrain vae|infinity`)
+  world                   the procedural world: text-encoder, judge, subjects, export, report
 """
 
 
@@ -91,8 +93,20 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
 
         return eval_main(argv)
 
+    def pretrain(argv: list[str]) -> object:
+        from .pretrain.cli import main as pretrain_main
+
+        return pretrain_main(argv)
+
+    def world(argv: list[str]) -> object:
+        from .world.cli import main as world_main
+
+        return world_main(argv)
+
     lightning = {name: (lambda argv, name=name: run_lightning([name, *argv])) for name in ("fit", "validate")}
     return {
+        "pretrain": pretrain,
+        "world": world,
         "sample": sample,
         "eval": evaluate,
         "download": download,

@@ -70,7 +70,7 @@ def sample_images(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     seeds = list(seeds) if seeds is not None else [0]
-    sampling = sampling or SamplingConfig()
+    sampling = sampling or get_preset(preset).default_sampling()
     get_preset(preset).schedule(h_div_w, pn)  # fail on a bad preset / aspect ratio before loading anything
     if adapter and not Path(adapter).is_file():  # before the (slow) base-model lookup
         raise FileNotFoundError(f"adapter not found: {adapter} (--adapter)")

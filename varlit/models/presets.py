@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from .infinity import Infinity, InfinityConfig
+from .sampler import SamplingConfig
 from .schedules import Schedule, get_schedule
 from .vae import BSQVAE, VAEConfig
 
 HF_REPO = "FoundationVision/Infinity"
+WORLD_DIR = Path(__file__).resolve().parent.parent / "world" / "weights"  # the shipped world checkpoint
 
 
 @dataclass
@@ -27,10 +30,16 @@ class Preset:
     vae_weights: str | None = None
     hf_repo: str = HF_REPO
     notes: str = ""
+    max_scales: int | None = None  # keep only the first scales of the official schedule (the world: 5)
+    bundled: bool = False  # weights ship inside the package (built by `make world`), never downloaded
+    sampling: SamplingConfig | None = None  # the preset's own sampling defaults (None: the released 2B's)
+
+    def default_sampling(self) -> SamplingConfig:
+        return replace(self.sampling) if self.sampling is not None else SamplingConfig()
 
     def schedule(self, h_div_w: float = 1.0, pn: str | None = None) -> Schedule:
         """Token grids of the transformer (the VAE grids are twice as fine with patchify)."""
-        return get_schedule(h_div_w, pn or self.pn)
+        return get_schedule(h_div_w, pn or self.pn)[: self.max_scales]
 
     def vae_schedule(self, schedule: Schedule) -> Schedule:
         return [(2 * h, 2 * w) for h, w in schedule] if self.patchify else list(schedule)
@@ -113,6 +122,36 @@ def _presets() -> dict[str, Preset]:
             pn="0.06M",
             notes="random-initialised few-million-parameter model for tests and the demo (256 px, 7 scales)",
         ),
+        "world": Preset(
+            name="world",
+            infinity=InfinityConfig(
+                depth=6,
+                width=128,
+                num_heads=2,
+                text_channels=128,
+                text_maxlen=32,
+                bits=32,
+                block_chunks=1,
+                cond_drop_rate=0.1,
+            ),
+            vae=VAEConfig(
+                codebook_dim=32,
+                patch_size=8,
+                base_ch=24,
+                encoder_ch_mult=[1, 1, 2, 4],
+                decoder_ch_mult=[1, 1, 2, 4],
+                num_res_blocks=0,  # one decoder block per level: a CPU-sized tokenizer
+            ),
+            text_encoder=str(WORLD_DIR / "text_encoder"),
+            pn="0.06M",
+            max_scales=5,
+            weights=str(WORLD_DIR / "infinity.safetensors"),
+            vae_weights=str(WORLD_DIR / "vae.safetensors"),
+            bundled=True,
+            # measured on the world (README "The world"): no top-k / top-p, softer temperature than the 2B's
+            sampling=SamplingConfig(cfg=3.0, tau=1.0, top_k=0, top_p=0.0),
+            notes="varlit's own text-to-image world model, pretrained by `make world` (64 px, 5 scales to 8x8)",
+        ),
     }
 
 
@@ -157,4 +196,9 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise UnknownPresetError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
     preset = PRESETS[name]
-    return replace(preset, infinity=replace(preset.infinity), vae=replace(preset.vae))
+    return replace(
+        preset,
+        infinity=replace(preset.infinity),
+        vae=replace(preset.vae),
+        sampling=preset.default_sampling() if preset.sampling else None,
+    )

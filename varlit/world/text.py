@@ -1,0 +1,87 @@
+"""The world's frozen text encoder: a small random T5 and a Unigram tokenizer trained on the world's captions.
+
+Both are built once by `make world` (seeded), saved as an ordinary Hugging Face folder and shipped with
+the world, so the world reads prompts identically on every machine and loads like any local T5.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..models.text import TextEncoder
+from .scenes import all_captions
+from .subjects import subject_prompts
+
+TEXT_CHANNELS = 128
+TEXT_MAXLEN = 32
+
+
+def world_corpus() -> list[str]:
+    """Every pretraining caption plus the subject prompts (without their placeholder)."""
+    from .subjects import SUBJECT_NAMES
+
+    extra = [p.replace("<placeholder> ", "") for n in SUBJECT_NAMES for p in subject_prompts(n)]
+    return all_captions() + extra
+
+
+def build_world_tokenizer():
+    """A word-level tokenizer over the world's vocabulary: every world word is one token, others <unk>.
+
+    (A Unigram model trained on so small a corpus falls back to single characters.)
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for line in world_corpus() for w in line.lower().split()})
+    vocab = {t: i for i, t in enumerate(["<pad>", "</s>", "<unk>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def build_world_text_encoder(seed: int = 0) -> TextEncoder:
+    """Random 2-layer T5 encoder (width 128) with room in its table for added tokens such as <placeholder>."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = build_world_tokenizer()
+    config = T5Config(
+        vocab_size=len(tokenizer) + 32,
+        d_model=TEXT_CHANNELS,
+        d_kv=32,
+        d_ff=2 * TEXT_CHANNELS,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = T5EncoderModel(config)
+    return TextEncoder(encoder, tokenizer, max_length=TEXT_MAXLEN)
+
+
+def save_text_encoder(te: TextEncoder, out: str | Path) -> Path:
+    """An ordinary Hugging Face folder (config, safetensors, tokenizer.json) that `TextEncoder` loads."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    te.encoder.save_pretrained(out, safe_serialization=True)
+    te.tokenizer.save_pretrained(out)
+    return out
+
+
+def main_build_text_encoder(out: str = "runs/world/text_encoder", seed: int = 0) -> Path:
+    """Build the world's T5 and tokenizer and save them to `out`."""
+    path = save_text_encoder(build_world_text_encoder(seed), out)
+    print(f"world text encoder -> {path}")
+    return path
