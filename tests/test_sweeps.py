@@ -126,6 +126,8 @@ def test_every_variant_makes_a_valid_fit_config(tmp_path):
             seen[spec.name] = model
     layers = "ablate-layers/toy"
     assert seen[f"{layers}/ca+ffn"].freeze.preset == "arbooth"
+    assert seen[f"{layers}/all"].freeze.preset == "all-layers"  # the paper's all layers: SA+CA+FFN
+    assert seen[f"{layers}/every-tensor"].freeze.preset == "every-tensor"
     assert seen[f"{layers}/early-half"].freeze.preset == "early-half"
     ramp = seen["ablate-scales/toy/explicit-ramp"].scale_weights
     assert ramp.kind == "explicit" and len(ramp["values"]) == 7 and ramp["values"][0] == 1.0

@@ -389,7 +389,7 @@ def bench_sampling(
     seed: int,
 ) -> dict:
     """Latency of `sample` (KV-cached, CFG, VAE decode included) for one batch of prompts."""
-    device, dtype = model.cfg_uncond.device, model.cfg_uncond.dtype
+    device, dtype = model.cfg_uncond.device, model.block_dtype
     text = random_text(model.cfg, batch, text_len, device, dtype, seed)
 
     def run() -> object:
@@ -807,7 +807,7 @@ def build_bench_module(
         init_device=str(device),
     )
     m.to(device)
-    m._cast_frozen()
+    m._apply_precision()
     m._move_frozen()
     p = m.preset
     schedule = p.schedule(1.0, pn)

@@ -29,7 +29,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from .models.infinity import Infinity
+from .models.infinity import Infinity, is_block_tensor
 from .models.presets import Preset, get_preset
 from .models.sampler import SampleOutput, SamplingConfig, sample
 from .models.text import TextBatch, TextEncoder
@@ -105,6 +105,10 @@ def _check_choice(value: str, choices: tuple[str, ...], where: str) -> None:
         raise ValueError(f"{where}: unknown value {value!r}; choose one of {', '.join(choices)}")
 
 
+def _no_closure() -> None:
+    """The closure of a manual-optimization step: the backward has already run."""
+
+
 def _step_seed(seed: int, step: int, stream: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + stream * 101 + rank * 1_000_000_007) % (2**63 - 1)
 
@@ -136,6 +140,7 @@ class SubjectTuningModule(pl.LightningModule):
         optim: OptimConfig = DEFAULT_OPTIM,
         gradient_checkpointing: bool = False,
         frozen_dtype: str = "float32",
+        tuned_dtype: str = "auto",
         init_device: str = "cpu",
         val_sampling: SamplingConfig = DEFAULT_VAL_SAMPLING,
         val_seed: int = 0,
@@ -158,13 +163,19 @@ class SubjectTuningModule(pl.LightningModule):
             prior: prior distillation (loss, lambda, teacher sampling, online or bank).
             optim: AdamW settings, joint or alternating updates, clipping.
             gradient_checkpointing: recompute each block in backward (less memory, ~30% more time).
-            frozen_dtype: float32 | bfloat16 | auto (bf16 on GPU under bf16-mixed): dtype of frozen weights.
+            frozen_dtype: float32 | bfloat16 | auto (bf16 on GPU under bf16-mixed): dtype of the frozen
+                tensors of the transformer blocks. Everything outside the blocks (embeddings, text projection,
+                AdaLN condition, head) stays float32 and runs with autocast off, as in the official code.
+            tuned_dtype: float32 | bfloat16 | auto (bfloat16 under arbooth_compat, else float32): dtype of the
+                tuned block tensors. bfloat16 is the release's recipe: AdamW updates the bf16 weights directly
+                (no float32 master copy), so at lr 2.34e-5 many updates round away. Tuned tensors outside the
+                blocks stay float32.
             init_device: where the base model is built or loaded (e.g. cuda: no host copy of a 2B model).
             val_sampling: sampling settings of validation grids.
             val_seed: seed of validation grids.
             val_class_samples: samples of the bare class prompt per validation (drift metric PRES).
             seed: seed of everything random in a step (flips, teacher samples, dropout), per step.
-            arbooth_compat: the released code's choices (joint-softmax KL, alternating steps).
+            arbooth_compat: the released code's choices (joint-softmax KL, alternating steps, bf16 tuned tensors).
         """
         super().__init__()
         configs = {
@@ -187,6 +198,7 @@ class SubjectTuningModule(pl.LightningModule):
         self._validate(
             freeze, embedding, scale_weights, loss_reduction, self_correction, prior, optim, frozen_dtype
         )
+        _check_choice(tuned_dtype, ("float32", "bfloat16", "auto"), "tuned_dtype")
         self.freeze_cfg, self.subject_cfg, self.scale_weights = freeze, embedding, scale_weights
         self.loss_reduction, self.self_correction, self.prior_cfg, self.optim_cfg = (
             loss_reduction,
@@ -201,6 +213,8 @@ class SubjectTuningModule(pl.LightningModule):
             arbooth_compat,
         )
         self.frozen_dtype = frozen_dtype
+        self.tuned_dtype = tuned_dtype
+        self._frozen_block_dtype = torch.float32  # set by `_apply_precision`; the teacher's block dtype
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the trainable tensors
 
@@ -309,11 +323,11 @@ class SubjectTuningModule(pl.LightningModule):
         """A frozen pretrained copy that shares every frozen tensor with the student."""
         with torch.device("meta"):
             teacher = Infinity(self.preset.infinity)
-        frozen = [p for n, p in self.student.named_parameters() if n not in self.mask.trainable]
-        dtype = frozen[0].dtype if frozen else torch.float32  # the teacher runs at the frozen precision
         state = {}
         for name, t in self.student.state_dict(keep_vars=True).items():
             if name in self._teacher_init:
+                # The teacher is frozen throughout: its copy of the tuned tensors follows the frozen policy.
+                dtype = self._frozen_block_dtype if is_block_tensor(name) else torch.float32
                 state[name] = self._teacher_init[name].to(
                     t.device, dtype if t.is_floating_point() else t.dtype
                 )
@@ -329,19 +343,39 @@ class SubjectTuningModule(pl.LightningModule):
             self._frozen["text_encoder"].to(dev)
         self._frozen["teacher"] = None  # rebuilt lazily on this device, sharing the student's tensors
 
-    def _cast_frozen(self) -> None:
-        want = self.frozen_dtype
-        if want == "auto":
+    def precision_dtypes(self) -> tuple[torch.dtype, torch.dtype]:
+        """(frozen block dtype, tuned block dtype) with `auto` resolved for this device and trainer."""
+        device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+        frozen = self.frozen_dtype
+        if frozen == "auto":
             precision = str(getattr(self._trainer, "precision", "32"))
-            want = "bfloat16" if (self.device.type == "cuda" and "bf16" in precision) else "float32"
-        dtype = resolve_dtype(want, self.device)
+            frozen = "bfloat16" if (device.type == "cuda" and "bf16" in precision) else "float32"
+        tuned = self.tuned_dtype
+        if tuned == "auto":
+            tuned = "bfloat16" if self.arbooth_compat else "float32"
+        return resolve_dtype(frozen, device), resolve_dtype(tuned, device)
+
+    def _apply_precision(self) -> None:
+        """The official policy: only block tensors may be half precision; the rest of the model is float32.
+
+        Casting keeps each Parameter object (the optimizer's references stay valid); an optimizer state
+        restored afterwards is cast by torch to the parameters' dtype.
+        """
+        frozen, tuned = self.precision_dtypes()
+        self._frozen_block_dtype = frozen
+        self.student.set_precision(frozen, keep=self.mask.trainable)
         for name, p in self.student.named_parameters():
-            if name not in self.mask.trainable and p.is_floating_point() and p.dtype != dtype:
-                p.data = p.data.to(dtype)
+            if name in self.mask.trainable:
+                want = tuned if is_block_tensor(name) else torch.float32
+                if p.dtype != want:
+                    p.data = p.data.to(want)
 
     # ------------------------------------------------------------------------------------------ Lightning hooks
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            # Before the strategy wraps the model (DDP buckets and FSDP flat parameters fix dtypes).
+            self._apply_precision()
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "attach_encoders"):
             dm.attach_encoders(
@@ -361,7 +395,6 @@ class SubjectTuningModule(pl.LightningModule):
         return str(h.weights or self.preset.weights or f"{self.preset.name}:random-init({h.init_seed})")
 
     def on_fit_start(self) -> None:
-        self._cast_frozen()
         self._move_frozen()
         self._init_subject_embedding()
         if self.global_rank == 0:
@@ -487,11 +520,11 @@ class SubjectTuningModule(pl.LightningModule):
         )
 
     def _autocast_bf16(self) -> bool:
-        """bf16 autocast under bf16-mixed, and whenever frozen weights are bf16 (they need it to mix
-        with float32 activations, e.g. in a benchmark without a Trainer)."""
+        """bf16 autocast under bf16-mixed, and whenever the blocks hold bf16 tensors (e.g. a benchmark without
+        a Trainer). The model itself keeps its non-block parts in float32 with autocast off."""
         if self._trainer is not None and "bf16" in str(self._trainer.precision):
             return True
-        return any(p.dtype == torch.bfloat16 for p in self.student.parameters() if not p.requires_grad)
+        return self.student.block_dtype == torch.bfloat16
 
     def _class_prompts_text(self) -> tuple[TextBatch, list]:
         dm = self.trainer.datamodule
@@ -556,7 +589,7 @@ class SubjectTuningModule(pl.LightningModule):
         if self.prior_cfg.loss == "hard":
             per_tok = hard_distill(logits, argmax_bits(pb.logits_BLV))
         elif self.arbooth_compat:
-            per_tok = arbooth_joint_kl(logits, pb.logits_BLV, 1.0)
+            per_tok = arbooth_joint_kl(logits, pb.logits_BLV, self.prior_cfg.temperature)
         else:
             per_tok = soft_distill(logits, pb.logits_BLV, self.prior_cfg.temperature)
         return scale_weighted_loss(per_tok, schedule, self.prior_cfg.scale_weights, "per_token")
@@ -601,7 +634,9 @@ class SubjectTuningModule(pl.LightningModule):
         params = [p for g in opt.param_groups for p in g["params"]]
         check_gradients(int(self.global_step), params, source, self._current_lr())
 
-    def _optimizer_step(self, loss: torch.Tensor) -> None:
+    def _optimizer_step(self, loss: torch.Tensor, ends_iteration: bool = True) -> None:
+        """Backward and update. `ends_iteration=False` (the instance half of an alternating iteration)
+        updates without advancing Lightning's step count, so `global_step` and `max_steps` count iterations."""
         if self._standalone_optimizer is not None:  # no Trainer (benchmarks)
             opt = self._standalone_optimizer
             opt.zero_grad(set_to_none=True)
@@ -624,7 +659,12 @@ class SubjectTuningModule(pl.LightningModule):
                 opt, gradient_clip_val=self.optim_cfg.grad_clip, gradient_clip_algorithm="norm"
             )
         self._check_gradients(opt)
-        opt.step()
+        if ends_iteration:
+            opt.step()
+        else:  # the same update through the strategy (precision plugin included), uncounted
+            self.trainer.strategy.optimizer_step(opt.optimizer, closure=_no_closure)
+            opt.zero_grad(set_to_none=True)
+            return
         opt.zero_grad(set_to_none=True)
         sched = self.lr_schedulers()
         if sched is not None:
@@ -653,7 +693,7 @@ class SubjectTuningModule(pl.LightningModule):
         self._check_losses(instance=l_inst)
         schedule = batch.schedule
         if self.uses_prior and self.optim_cfg.schedule == "alternating":
-            self._optimizer_step(l_inst)
+            self._optimizer_step(l_inst, ends_iteration=False)
             pb, text = self.prior_batch(batch, gen_prior)
             l_prior, prior_scales = self.prior_loss(pb, text, schedule)
             self._check_losses(prior=l_prior)

@@ -32,7 +32,7 @@ def check_device(device: str) -> None:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' = bf16 on GPU (how the released models run), float32 on CPU."""
+    """'auto' = bf16 on GPU (how the released models run their blocks), float32 on CPU."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
@@ -59,28 +59,27 @@ def load_base(
 ) -> tuple[Infinity, BSQVAE]:
     """Transformer and VAE of a preset: released/local weights, or seeded random init (tiny, benchmarks).
 
-    Real weights are loaded onto a meta-device skeleton (no second copy in memory); the VAE stays float32.
+    `dtype` is the blocks' dtype: as in the official code only the transformer blocks are cast (bf16 on GPU);
+    every tensor outside them stays float32 (`Infinity.set_precision`). Real weights are loaded onto a
+    meta-device skeleton (no second copy in memory); the VAE stays float32.
     """
     weights = weights or p.weights
     vae_weights = vae_weights or p.vae_weights
     random_init = (weights is None) if random_init is None else random_init
     if random_init:
-        # Built where it will run, in its dtype: no host or float32 copy of a large random model.
-        # The VAE stays float32 (it runs under autocast).
-        prev = torch.get_default_dtype()
+        # Built where it will run, drawn in float32 (the same weights whatever the dtype), then the
+        # blocks are cast one tensor at a time. The VAE stays float32 (it runs under autocast).
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(init_seed)
-            try:
-                torch.set_default_dtype(dtype)
-                with torch.device(device):
-                    model = Infinity(p.infinity)
-            finally:
-                torch.set_default_dtype(prev)
             with torch.device(device):
+                model = Infinity(p.infinity)
                 vae = BSQVAE(p.vae).eval().requires_grad_(False)
+        model.set_precision(dtype)
         return model, vae
     model, vae = p.build("meta")
-    load_checkpoint(model, weights, p.hf_repo, dtype=dtype, device=device)
+    # In the file's dtype, then blocks to `dtype` and the rest to float32 (one tensor at a time).
+    load_checkpoint(model, weights, p.hf_repo, dtype=None, device=device)
+    model.set_precision(dtype)
     if vae_weights is None:
         raise ValueError(f"preset {p.name!r} needs vae_weights when weights are given")
     load_checkpoint(vae, vae_weights, p.hf_repo, subkey="vae", dtype=torch.float32, device=device)
@@ -156,7 +155,7 @@ class Pipeline:
             positions = find_placeholder(ids, token_id, text.lengths_B)
             check_placeholders_kept(list(prompts), positions, self.placeholder, self.text_encoder.max_length)
             text = self.subject.splice_text(text, positions, max_length=self.model.cfg.text_maxlen)
-        return text.to(self.device, self.model.cfg_uncond.dtype)
+        return text.to(self.device, self.model.io_dtype)
 
     @torch.no_grad()
     def generate(
@@ -176,8 +175,9 @@ class Pipeline:
             raise ValueError("empty prompt list: give at least one prompt")
         schedule = self.schedule(h_div_w, pn)
         negative = self.encode([negative_prompt]) if negative_prompt else None
+        # The model casts its blocks itself; autocast here is for the VAE decoder, as in the official code.
         with torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.model.cfg_uncond.dtype == torch.bfloat16
+            self.device.type, dtype=torch.bfloat16, enabled=self.model.block_dtype == torch.bfloat16
         ):
             return sample(
                 self.model,

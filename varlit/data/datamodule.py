@@ -115,7 +115,10 @@ class GroupedBatchSampler(Sampler[list[tuple[int, int]]]):
     Batch k of a run (k = the trainer's global step when `step_fn` is given) is a pure function of
     (seed, rank, k): a run resumed from a checkpoint draws exactly the batches the uninterrupted run
     would have, whatever Lightning does with the interrupted epoch. Within a group, views are visited in
-    shuffled passes (each view equally often); the class prompt of each sample is uniform.
+    shuffled passes (each view equally often; each group counts its own samples); the class prompt of each
+    sample is uniform. A batch never holds the same view twice: where a batch straddles two passes, the
+    next pass's head is reordered to avoid the views the previous pass's tail put in that batch (impossible
+    only when a group has fewer views than the batch size; then views repeat as evenly as passes allow).
     """
 
     def __init__(
@@ -138,6 +141,8 @@ class GroupedBatchSampler(Sampler[list[tuple[int, int]]]):
         self.step_fn = step_fn
         self.rank = rank
         self.epoch = 0
+        self._orders: dict[int, list[list[int]]] = {}  # group -> the view order of each pass so far
+        self._picked: list[list[int]] = [[0] * len(self.groups)]  # [j][g]: batches of group g before batch j
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -158,19 +163,56 @@ class GroupedBatchSampler(Sampler[list[tuple[int, int]]]):
         g = int(torch.multinomial(sizes, 1, generator=gen)) if len(self.groups) > 1 else 0
         group = self.groups[g]
         out = []
+        start = self._batches_before(k, g) * self.batch_size  # samples this group gave before batch k
         for b in range(self.batch_size):
-            i = k * self.batch_size + b  # sample counter; pass p visits every view of the group once
+            i = start + b  # the group's sample counter; pass p visits every view of the group once
             p, pos = divmod(i, len(group))
-            order = torch.randperm(len(group), generator=self._gen(1, g, p)).tolist()
             cls = int(torch.randint(self.num_class_prompts, (1,), generator=gen))
-            out.append((group[order[pos]], cls))
+            out.append((group[self._pass_order(g, p)[pos]], cls))
         return out
+
+    def _batches_before(self, k: int, g: int) -> int:
+        """How many of batches 0..k-1 came from group g (replayed once from their seeds, then remembered)."""
+        if len(self.groups) == 1:
+            return k
+        sizes = torch.tensor([len(grp) for grp in self.groups], dtype=torch.float64)
+        while len(self._picked) <= k:
+            j = len(self._picked) - 1
+            counts = list(self._picked[j])
+            counts[int(torch.multinomial(sizes, 1, generator=self._gen(0, j)))] += 1
+            self._picked.append(counts)
+        return self._picked[k][g]
+
+    def _pass_order(self, g: int, p: int) -> list[int]:
+        """The order of pass p over group g: a pure function of (seed, rank, g, p), computed pass by pass
+        (and remembered) because each pass's head depends on the previous pass's tail."""
+        orders = self._orders.setdefault(g, [])
+        n, B = len(self.groups[g]), self.batch_size
+        while len(orders) <= p:
+            q = len(orders)
+            order = torch.randperm(n, generator=self._gen(1, g, q)).tolist()
+            tail = (q * n) % B  # samples of pass q - 1 in the batch where pass q starts
+            if q > 0 and tail and B <= n:
+                order = _avoid_head(order, set(orders[q - 1][n - tail :]), B - tail)
+            orders.append(order)
+        return orders[p]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         start = self.step_fn() if self.step_fn is not None else self.epoch * self.num_batches
         self.epoch += 1
         for j in range(self.num_batches):
             yield self.batch(start + j)
+
+
+def _avoid_head(order: list[int], taken: set[int], head: int) -> list[int]:
+    """`order` with none of `taken` in its first `head` places: each such view swaps with the first later
+    view that is free (deterministic; still a permutation)."""
+    out = list(order)
+    for j in range(head):
+        if out[j] in taken:
+            t = next(t for t in range(head, len(out)) if out[t] not in taken)
+            out[j], out[t] = out[t], out[j]
+    return out
 
 
 class _Collate:

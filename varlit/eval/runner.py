@@ -355,7 +355,7 @@ def base_fingerprint(
         "pn": pn,
         "h_div_w": 1.0,
         "device": pipe.device.type,
-        "dtype": str(pipe.model.cfg_uncond.dtype),
+        "dtype": f"{pipe.model.block_dtype} (blocks only)",  # the rest is float32 (official policy)
     }
 
 
@@ -572,7 +572,7 @@ def build_metrics(
             "init_seed": model.init_seed,
             "random_init": model.random_init,
             "device": str(pipe.device),
-            "dtype": str(pipe.model.cfg_uncond.dtype).removeprefix("torch."),
+            "dtype": str(pipe.model.block_dtype).removeprefix("torch."),  # of the blocks; the rest float32
         },
         "settings": {
             "seeds": list(cfg.seeds),

@@ -10,8 +10,9 @@ T text tokens, Ct text channels, d bits per token, V = 2d logits per token.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,18 @@ from .text import TextBatch
 
 LN_EPS = 1e-6
 MAX_SCALES = 15  # rows of the level embedding in every released model
+BLOCK_PREFIX = "block_chunks."  # state-dict names of the transformer blocks start with this
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def is_block_tensor(name: str) -> bool:
+    """Whether a state-dict name lies in a transformer block (the only part that runs in half precision)."""
+    return name.startswith(BLOCK_PREFIX)
+
+
+def float32_region(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off: the official code computes the inputs, the AdaLN condition and the logits in float32."""
+    return torch.autocast(t.device.type, enabled=False)
 
 
 @dataclass
@@ -289,9 +302,17 @@ class Block(nn.Module):
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (ada_B16C + self.ada_gss).unbind(2)
         h = self.sa(layer_norm(x_BlC) * (1 + scale1) + shift1, cos_sin, mask_lL, cache)
         x_BlC = x_BlC + drop_path(h * gamma1, self.drop_path_p, self.training)
-        x_BlC = x_BlC + self.ca(self.ca_norm(x_BlC), text_kv, text_mask_B11T)
+        x_BlC = x_BlC + self.ca(self._ca_norm(x_BlC), text_kv, text_mask_B11T)
         h = self.ffn(layer_norm(x_BlC) * (1 + scale2) + shift2)
         return x_BlC + drop_path(h * gamma2, self.drop_path_p, self.training)
+
+    def _ca_norm(self, x_BlC: torch.Tensor) -> torch.Tensor:
+        """ca_norm at the residual stream's precision (what CUDA autocast does; CPU autocast would refuse
+        a float32 input with bf16 weights)."""
+        n = self.ca_norm
+        return F.layer_norm(
+            x_BlC, n.normalized_shape, n.weight.to(x_BlC.dtype), n.bias.to(x_BlC.dtype), n.eps
+        )
 
 
 class _Chunk(nn.Module):
@@ -364,6 +385,44 @@ class Infinity(nn.Module):
         n = self.cfg.blocks_per_chunk
         return f"block_chunks.{i // n}.module.{i % n}."
 
+    # -- precision ------------------------------------------------------------------------------------
+    # The official policy (Infinity and ARBooth): only the blocks run in bf16. The text norm and projections,
+    # word_embed, lvl_embed, pos_start, cfg_uncond, the AdaLN condition (shared_ada_lin) and head_nm/head
+    # stay float32 and run with autocast disabled; the residual stream between blocks stays float32.
+
+    def set_precision(self, block_dtype: torch.dtype, keep: Collection[str] = ()) -> None:
+        """Blocks' floating tensors to `block_dtype`, every other tensor to float32; names in `keep` untouched."""
+        for name, t in [*self.named_parameters(), *self.named_buffers()]:
+            if name in keep or not t.is_floating_point():
+                continue
+            want = block_dtype if is_block_tensor(name) else torch.float32
+            if t.dtype != want:
+                t.data = t.data.to(want)
+
+    @property
+    def io_dtype(self) -> torch.dtype:
+        """dtype of the tensors outside the blocks (float32 under the official policy)."""
+        return self.word_embed.weight.dtype
+
+    @property
+    def block_dtype(self) -> torch.dtype:
+        """The half dtype the blocks compute in (any half-precision block tensor sets it), else float32."""
+        return self._block_half_dtype() or torch.float32
+
+    def _block_half_dtype(self) -> torch.dtype | None:
+        for chunk in self.block_chunks:
+            for p in chunk.parameters():
+                if p.dtype in HALF_DTYPES:
+                    return p.dtype
+        return None
+
+    def block_autocast(self, t: torch.Tensor) -> contextlib.AbstractContextManager:
+        """Autocast to the blocks' half dtype when they hold one; otherwise whatever autocast is active."""
+        half = self._block_half_dtype()
+        if half is None:
+            return contextlib.nullcontext()
+        return torch.autocast(t.device.type, dtype=half)
+
     def rope(self, schedule: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
         key = (tuple(map(tuple, schedule)), str(device))
         if key not in self._rope_tables:
@@ -401,13 +460,16 @@ class Infinity(nn.Module):
     def encode_text(self, text: TextBatch) -> TextContext:
         text = text.trimmed()
         mask_BT = text.mask_BT()
-        feats = torch.where(mask_BT[..., None], text.features_BTC, 0.0)  # padding may hold garbage
+        feats = text.features_BTC.to(self.io_dtype)
+        feats = torch.where(mask_BT[..., None], feats, 0.0)  # padding may hold garbage
         mask_B11T = mask_BT[:, None, None, :]
-        normed = self.text_norm(feats)
-        pooled_BC = self.text_proj_for_sos(normed, mask_B11T)
-        text_ca = self.text_proj_for_ca(normed)
-        kv = [b.ca.text_kv(text_ca) for b in self.blocks]
-        ada = self.shared_ada_lin(pooled_BC).view(-1, 1, 6, self.cfg.width)
+        with float32_region(feats):
+            normed = self.text_norm(feats)
+            pooled_BC = self.text_proj_for_sos(normed, mask_B11T)
+            text_ca = self.text_proj_for_ca(normed)
+            ada = self.shared_ada_lin(pooled_BC).view(-1, 1, 6, self.cfg.width)
+        with self.block_autocast(text_ca):  # each block's CA keys/values belong to the block
+            kv = [b.ca.text_kv(text_ca) for b in self.blocks]
         return TextContext(pooled_BC, ada, kv, mask_B11T)
 
     # -- forward ----------------------------------------------------------------------------------------
@@ -415,19 +477,26 @@ class Infinity(nn.Module):
     def start_tokens(self, ctx: TextContext) -> torch.Tensor:
         return ctx.pooled_BC.unsqueeze(1) + self.pos_start
 
+    def embed_words(self, x_BLd: torch.Tensor) -> torch.Tensor:
+        """word_embed of the next-scale inputs, in float32 with autocast off (as the official code does)."""
+        with float32_region(x_BLd):
+            return self.word_embed(x_BLd.to(self.io_dtype))
+
     def level_embedding(self, schedule: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
         """[L, C]: the scale index embedding of every token, added once before the first block."""
         counts = torch.tensor([h * w for h, w in schedule], device=device)
         return self.lvl_embed(torch.repeat_interleave(torch.arange(len(schedule), device=device), counts))
 
     def run_blocks(self, x_BLC, ctx: TextContext, cos_sin, mask_LL, caches: list[KVCache] | None = None):
-        for i, block in enumerate(self.blocks):
-            cache = caches[i] if caches is not None else None
-            args = (x_BLC, ctx.ada_B16C, ctx.kv_per_block[i], ctx.mask_B11T, cos_sin, mask_LL, cache)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x_BLC = checkpoint(block, *args, use_reentrant=False)
-            else:
-                x_BLC = block(*args)
+        """The blocks, in their half dtype under autocast (the residual stream between them keeps io_dtype)."""
+        with self.block_autocast(x_BLC):
+            for i, block in enumerate(self.blocks):
+                cache = caches[i] if caches is not None else None
+                args = (x_BLC, ctx.ada_B16C, ctx.kv_per_block[i], ctx.mask_B11T, cos_sin, mask_LL, cache)
+                if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                    x_BLC = checkpoint(block, *args, use_reentrant=False)
+                else:
+                    x_BLC = block(*args)
         return x_BLC
 
     def attention_layout(self, schedule: Sequence[tuple[int, int]], device: torch.device):
@@ -443,7 +512,10 @@ class Infinity(nn.Module):
         return (scale_of[None, :] <= scale_of[:, None]).to(device)  # key scale <= query scale
 
     def logits(self, x_BLC: torch.Tensor, ctx: TextContext) -> torch.Tensor:
-        return self.head(self.head_nm(x_BLC, ctx.pooled_BC))
+        """head_nm and head in float32 with autocast off: float32 logits under any autocast."""
+        with float32_region(x_BLC):
+            dt = self.io_dtype
+            return self.head(self.head_nm(x_BLC.to(dt), ctx.pooled_BC.to(dt)))
 
     def forward(
         self,
@@ -458,9 +530,7 @@ class Infinity(nn.Module):
         `drop_condition` is False (e.g. for prior distillation, which must see the class prompt).
         """
         ctx = self.encode_text(self.drop_condition(text) if drop_condition else text)
-        x = torch.cat(
-            [self.start_tokens(ctx), self.word_embed(x_BLd_wo_prefix.to(self.word_embed.weight.dtype))], 1
-        )
+        x = torch.cat([self.start_tokens(ctx), self.embed_words(x_BLd_wo_prefix)], 1)
         L = x.shape[1]
         offsets = scale_token_offsets(schedule)
         if offsets[-1] != L:

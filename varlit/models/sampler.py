@@ -153,7 +153,7 @@ def sample(
             summed = summed + upsample_code(code, (H, W))
             nxt = next_scale_input(summed, vae_schedule[s + 1], patchify)
             inputs.append(nxt)
-            x = model.word_embed(nxt.to(model.word_embed.weight.dtype)).repeat(rows // B, 1, 1)
+            x = model.embed_words(nxt).repeat(rows // B, 1, 1)
         else:
             summed = summed + code
 

@@ -102,13 +102,18 @@ SWEEPS: dict[str, Sweep] = {
             "ablate-layers",
             "which transformer layers are fine-tuned (the freeze mask)",
             (
-                _layers("all", "all", "every transformer parameter"),
+                _layers("all", "all-layers", "the paper's all layers: SA, CA and FFN of every block"),
                 _layers("sa", "sa", "self-attention of every block"),
                 _layers("ca", "ca", "cross-attention of every block"),
                 _layers("ffn", "ffn", "feed-forward of every block"),
                 _layers("ca+ffn", "arbooth", "ARBooth's choice: CA and FFN of every block"),
                 _layers("early-half", "early-half", "CA+FFN of the first half of the blocks"),
                 _layers("late-half", "late-half", "CA+FFN of the last half of the blocks"),
+                _layers(
+                    "every-tensor",
+                    "every-tensor",
+                    "every transformer parameter: blocks, embeddings, text projection, AdaLN, head",
+                ),
             ),
         ),
         Sweep(

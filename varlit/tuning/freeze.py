@@ -74,8 +74,9 @@ class TrainableSpec:
 class FreezeConfig:
     """What to fine-tune. Give a `preset` or a `trainable` list, not both; neither means "arbooth".
 
-    Presets: arbooth (CA+FFN in every block), all (every transformer parameter), sa, ca, ffn (that kind in
-    every block), early-half / late-half (CA+FFN in the first / last floor(depth/2) blocks).
+    Presets: arbooth (CA+FFN in every block), all-layers (SA+CA+FFN of every block: the paper's "all
+    layers"), every-tensor (every transformer parameter, embeddings, AdaLN and head included), sa, ca, ffn
+    (that kind in every block), early-half / late-half (CA+FFN in the first / last floor(depth/2) blocks).
     `subject_embedding` switches the learned placeholder vectors on or off (they live outside the model);
     an empty `trainable` list with the subject embedding on trains the embedding alone.
     """
@@ -93,7 +94,8 @@ def _preset_entries(name: str, depth: int, where: str) -> list[TrainableSpec]:
     late = f"{depth - half}-{depth - 1}" if half else ""
     table: dict[str, list[TrainableSpec]] = {
         "arbooth": [TrainableSpec(blocks="all", modules=["ca", "ffn"])],
-        "all": [TrainableSpec(blocks="all", modules=list(KINDS))],
+        "all-layers": [TrainableSpec(blocks="all", modules=["sa", "ca", "ffn"])],
+        "every-tensor": [TrainableSpec(blocks="all", modules=list(KINDS))],
         "sa": [TrainableSpec(blocks="all", modules=["sa"])],
         "ca": [TrainableSpec(blocks="all", modules=["ca"])],
         "ffn": [TrainableSpec(blocks="all", modules=["ffn"])],
@@ -103,7 +105,21 @@ def _preset_entries(name: str, depth: int, where: str) -> list[TrainableSpec]:
     return table[name]
 
 
-PRESETS: tuple[str, ...] = ("arbooth", "all", "sa", "ca", "ffn", "early-half", "late-half")
+PRESETS: tuple[str, ...] = (
+    "arbooth",
+    "all-layers",
+    "every-tensor",
+    "sa",
+    "ca",
+    "ffn",
+    "early-half",
+    "late-half",
+)
+# Old names that meant something else; asked for, they stop with a pointer to the precise names.
+RENAMED_PRESETS: dict[str, str] = {
+    "all": "preset 'all' is ambiguous and was split: use all-layers (SA+CA+FFN of every block, the paper's "
+    "'all layers') or every-tensor (every transformer parameter)",
+}
 
 
 def parse_blocks(text: str | int, depth: int, where: str = "blocks") -> frozenset[int]:
@@ -170,6 +186,8 @@ def _entries(spec: FreezeConfig, depth: int, where: str) -> tuple[str, list[_Ent
         )
     if spec.trainable is None:
         name = "arbooth" if spec.preset is None else spec.preset
+        if name in RENAMED_PRESETS:
+            raise ValueError(f"{where}.preset: {RENAMED_PRESETS[name]}")
         if name not in PRESETS:
             raise ValueError(f"{where}.preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         raw = _preset_entries(name, depth, f"{where}.preset")
