@@ -10,10 +10,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tests.helpers import make_subject_photos, trainer
 from varlit.data.datamodule import SubjectDataModule
+from varlit.models.infinity import is_block_tensor
 from varlit.module import OptimConfig, PriorConfig, SubjectTuningModule
 from varlit.tuning.freeze import FreezeConfig, TrainableSpec
-from varlit.tuning.losses import bitwise_ce, scale_weighted_loss
-from varlit.tuning.prior_bank import PriorBankConfig
+from varlit.tuning.losses import arbooth_joint_kl, bitwise_ce, scale_weighted_loss
+from varlit.tuning.prior_bank import PriorBankConfig, PriorBatch
 from varlit.tuning.scale_weights import ScaleWeights
 
 
@@ -280,5 +281,96 @@ def test_bf16_mixed_with_bf16_frozen_weights_and_checkpointing(tmp_path, subject
     rec = LossRecorder()
     trainer(tmp_path, 2, callbacks=[rec], precision="bf16-mixed").fit(m, _dm(subject_dir, cache_dir))
     assert len(rec.losses) == 2 and all(torch.isfinite(torch.tensor(rec.losses)))
-    dtypes = {p.requires_grad: p.dtype for p in m.student.parameters()}
-    assert dtypes == {True: torch.float32, False: torch.bfloat16}  # fp32 master weights, bf16 frozen
+    # The official policy: fp32 master weights; frozen block tensors bf16; everything outside the blocks fp32.
+    for name, p in m.student.named_parameters():
+        want = torch.bfloat16 if (is_block_tensor(name) and not p.requires_grad) else torch.float32
+        assert p.dtype == want, name
+    for name, t in m.teacher.state_dict().items():  # frozen throughout: its tuned copy too
+        if t.is_floating_point():
+            assert t.dtype == (torch.bfloat16 if is_block_tensor(name) else torch.float32), name
+
+
+class StepRecorder(pl.Callback):
+    """The global step each training batch and each validation starts at."""
+
+    def __init__(self):
+        self.train_steps: list[int] = []
+        self.val_steps: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.train_steps.append(trainer.global_step)
+
+    def on_validation_start(self, trainer, pl_module):
+        self.val_steps.append(trainer.global_step)
+
+
+def test_alternating_schedule_counts_iterations_not_optimizer_updates(tmp_path, subject_dir, cache_dir):
+    """max_steps N runs N iterations of (instance update, prior update): 2N AdamW updates; global_step, the
+    validation interval and the per-step seeds all count iterations."""
+    m = SubjectTuningModule(preset="tiny", optim=OptimConfig(schedule="alternating"))
+    rec = StepRecorder()
+    tr = trainer(tmp_path, 3, callbacks=[rec], val_check_interval=2, limit_val_batches=1)
+    tr.fit(m, _dm(subject_dir, cache_dir))
+    assert rec.train_steps == [0, 1, 2]  # the step every seed of an iteration derives from
+    assert tr.global_step == 3
+    assert rec.val_steps == [2]  # validation grids are named after this step
+    opt = tr.optimizers[0]
+    tuned = next(p for n, p in m.student.named_parameters() if p.requires_grad)
+    assert int(opt.state[tuned]["step"]) == 6
+
+
+def test_tuned_dtype_bfloat16_updates_the_bf16_weights_directly(tmp_path, subject_dir, cache_dir):
+    """The release's recipe: tuned CA/FFN stored in bf16, AdamW on them with no fp32 master copy, so at the
+    paper's lr most updates round away; float32 (the default) moves every weight."""
+    assert SubjectTuningModule(preset="tiny", arbooth_compat=True).precision_dtypes() == (
+        torch.float32,
+        torch.bfloat16,
+    )
+    compat_fp32 = SubjectTuningModule(preset="tiny", arbooth_compat=True, tuned_dtype="float32")
+    assert compat_fp32.precision_dtypes() == (torch.float32, torch.float32)
+    unchanged = {}
+    for dtype in ("bfloat16", "float32"):
+        m = SubjectTuningModule(
+            preset="tiny", tuned_dtype=dtype, prior=PriorConfig(loss="none"), optim=OptimConfig(lr=6e-3 / 256)
+        )
+        weights = [n for n in m.mask.trainable if n.endswith(".weight")]
+        # as stored once cast (the cast itself rounds a float32 init to bf16)
+        stored = getattr(torch, dtype)
+        before = {
+            n: p.detach().to(stored).float().clone() for n, p in m.student.named_parameters() if n in weights
+        }
+        tr = trainer(tmp_path / dtype, 2)
+        tr.fit(m, _dm(subject_dir, cache_dir))
+        params = dict(m.student.named_parameters())
+        for n in m.mask.trainable:
+            assert params[n].dtype == getattr(torch, dtype), n
+            assert tr.optimizers[0].state[params[n]]["exp_avg"].dtype == getattr(torch, dtype), n
+        assert all(p.dtype == torch.float32 for n, p in params.items() if not is_block_tensor(n))
+        same = sum(int((params[n].detach().float() == before[n]).sum()) for n in weights)
+        unchanged[dtype] = same / sum(before[n].numel() for n in weights)
+    assert unchanged["bfloat16"] > 0.5, unchanged
+    assert unchanged["float32"] < 0.05, unchanged
+
+
+def test_arbooth_compat_uses_the_configured_prior_temperature(subject_dir, cache_dir):
+    m = SubjectTuningModule(preset="tiny", arbooth_compat=True, prior=PriorConfig(temperature=2.0))
+    dm = _dm(subject_dir, cache_dir)
+    trainer(subject_dir.parent, 0).fit(m, dm)
+    batch = next(iter(dm.train_dataloader()))
+    m.student.eval()
+    pb, text = m.prior_batch(batch, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    pb = PriorBatch(
+        pb.prompt_index_B, pb.bits_BLd, pb.x_BLd_wo_prefix, torch.randn(pb.logits_BLV.shape, generator=g)
+    )
+    loss, _ = m.prior_loss(pb, text, batch.schedule)
+    with torch.no_grad():
+        logits = m.student(text, pb.x_BLd_wo_prefix, batch.schedule, drop_condition=False)
+    expected = {
+        t: scale_weighted_loss(arbooth_joint_kl(logits, pb.logits_BLV, t), batch.schedule, None, "per_token")[
+            0
+        ]
+        for t in (1.0, 2.0)
+    }
+    assert float(loss) == pytest.approx(float(expected[2.0]), rel=1e-5)
+    assert abs(float(expected[2.0]) - float(expected[1.0])) > 1e-3

@@ -158,6 +158,11 @@ def test_parse_blocks_errors_name_the_field_and_value(text: str, needle: str) ->
     [
         (FreezeConfig(preset="lora"), 4, "freeze.preset: unknown preset 'lora'"),
         (
+            FreezeConfig(preset="all"),
+            4,
+            "freeze.preset: preset 'all' is ambiguous and was split: use all-layers",
+        ),
+        (
             FreezeConfig(trainable=[TrainableSpec(modules=["ca", "mlp"])]),
             4,
             "freeze.trainable[0].modules: unknown kind 'mlp'",
@@ -234,7 +239,8 @@ def test_presets_select_exactly_the_right_names(fake: FakeInfinity) -> None:
         "sa": _pick(names, every + r"sa\."),
         "ca": _pick(names, every + r"ca\."),
         "ffn": _pick(names, every + r"ffn\."),
-        "all": set(names),
+        "all-layers": _pick(names, every + r"(sa|ca|ffn)\."),  # the paper's "all layers"
+        "every-tensor": set(names),
         # depth 4, 2 blocks per chunk: blocks 0, 1 = chunk 0; blocks 2, 3 = chunk 1
         "early-half": _pick(names, BLOCK.format(c="0", j=r"\d+") + r"(ca|ffn)\."),
         "late-half": _pick(names, BLOCK.format(c="1", j=r"\d+") + r"(ca|ffn)\."),
@@ -410,7 +416,7 @@ def test_presets_on_the_real_tiny_infinity() -> None:
     late = resolve_for_model(FreezeConfig(preset="late-half"), model, depth).trainable
     prefixes = tuple(model.block_prefix(i) for i in range(depth - depth // 2, depth))
     assert late == {n for n in mask.trainable if n.startswith(prefixes)}
-    every = resolve_for_model(FreezeConfig(preset="all"), model, depth)
+    every = resolve_for_model(FreezeConfig(preset="every-tensor"), model, depth)
     assert every.trainable == set(names)
     apply_mask(model, mask)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == mask.trainable
