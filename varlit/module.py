@@ -247,9 +247,9 @@ class SubjectTuningModule(pl.LightningModule):
         self._validation_samples = None
         self.val_class_samples = val_class_samples
         self._standalone_optimizer: torch.optim.Optimizer | None = None
-        self._micro_batch = 0  # batches accumulated since the last optimizer step
         self._pending_losses: list[str] = []  # losses checked since the last update (the gradient's source)
         self._grad_source = ""
+        self._micro_batch = 0  # batches accumulated since the last optimizer step
 
     # ------------------------------------------------------------------------------------------ config
 

@@ -48,6 +48,19 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
 
 
+def check_bundled(p: Preset, *files: str | None) -> None:
+    """A bundled preset's files are part of the package: when one is missing, say how to rebuild it."""
+    from pathlib import Path
+
+    from .models.loading import CheckpointError
+
+    for f in files:
+        if f is not None and not Path(f).exists():
+            raise CheckpointError(
+                f"preset {p.name!r}: {f} is missing; it ships with varlit, rebuild it with `make world`"
+            )
+
+
 def load_base(
     p: Preset,
     weights: str | None,
@@ -76,13 +89,24 @@ def load_base(
                 vae = BSQVAE(p.vae).eval().requires_grad_(False)
         model.set_precision(dtype)
         return model, vae
+    if p.bundled:
+        check_bundled(p, weights, vae_weights)
     model, vae = p.build("meta")
     # In the file's dtype, then blocks to `dtype` and the rest to float32 (one tensor at a time).
-    load_checkpoint(model, weights, p.hf_repo, dtype=None, device=device)
+    load_checkpoint(model, weights, p.hf_repo, dtype=None, device=device, flag="--weights", preset=p.name)
     model.set_precision(dtype)
     if vae_weights is None:
         raise ValueError(f"preset {p.name!r} needs vae_weights when weights are given")
-    load_checkpoint(vae, vae_weights, p.hf_repo, subkey="vae", dtype=torch.float32, device=device)
+    load_checkpoint(
+        vae,
+        vae_weights,
+        p.hf_repo,
+        subkey="vae",
+        dtype=torch.float32,
+        device=device,
+        flag="--vae_weights",
+        preset=p.name,
+    )
     return model, vae
 
 
@@ -117,6 +141,8 @@ class Pipeline:
         )
         # The released inference code runs T5 in float16 on GPU; float32 on CPU.
         te_dtype = torch.float16 if dev.type == "cuda" else torch.float32
+        if p.bundled and text_encoder is None:
+            check_bundled(p, p.text_encoder)
         te = TextEncoder.from_pretrained(
             text_encoder or p.text_encoder, dtype=te_dtype, max_length=p.infinity.text_maxlen
         )

@@ -330,6 +330,7 @@ class SubjectDataModule(LightningDataModule):
         self.class_templates = (
             list(class_templates) if class_templates is not None else list(DEFAULT_CLASS_TEMPLATES)
         )
+        self._class_templates_given = class_templates is not None
         if not self.class_templates:
             raise ValueError("class_templates is empty; prior distillation needs at least one class prompt")
         self.val_templates = val_prompts
@@ -375,7 +376,6 @@ class SubjectDataModule(LightningDataModule):
     def _require_subject(self) -> Subject:
         if self.subject is None:
             self.setup("fit")
-        self._class_templates_given = class_templates is not None
         assert self.subject is not None
         return self.subject
 
