@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format demo clean bench dreambench
+.PHONY: help install test test-all lint format demo clean bench dreambench world
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -42,17 +42,25 @@ clean: ## remove caches and run outputs (keeps .venv)
 DEMO_DIR ?= runs/demo
 DEMO_PROMPTS ?= '["a photo of <placeholder> toy on the beach", "a photo of <placeholder> toy in the snow"]'
 
-demo: install ## the whole loop on the embedded default: fit, sample, eval (tiny random model, CPU, offline)
-	$(BIN)/varlit fit --config experiments/tiny.yaml
+WORLD_PROMPTS ?= '["a photo of a red ball on the beach", "a photo of a blue house in the snow", "a photo of a yellow star at night", "a photo of a green tree in the desert"]'
+
+demo: install ## the shipped world model draws prompts; then the tuning loop (fit, sample, eval) on tiny (CPU, offline)
+	$(BIN)/varlit sample --preset world --prompts $(WORLD_PROMPTS) --seeds '[0, 1]' --out_dir $(DEMO_DIR)/world
+	$(BIN)/varlit fit --config experiments/tiny.yaml --run.overwrite true
 	$(BIN)/varlit sample --adapter runs/tiny/adapter.safetensors --prompts $(DEMO_PROMPTS) \
 		--seeds '[0, 1]' --out_dir $(DEMO_DIR)/samples
 	$(BIN)/varlit eval --config experiments/tiny.yaml --out $(DEMO_DIR)/eval
 	@echo ""
-	@echo "demo done (random-initialised tiny model: the pictures are noise, the numbers are not results)"
+	@echo "demo done"
+	@echo "  world samples:   $(DEMO_DIR)/world/ (the shipped, pretrained world model; README 'The world')"
+	@echo "  tuning loop on the random-initialised tiny model (its pictures are noise, its numbers not results):"
 	@echo "  training grids:  runs/tiny/samples/"
 	@echo "  adapter:         runs/tiny/adapter.safetensors"
 	@echo "  samples:         $(DEMO_DIR)/samples/"
 	@echo "  metrics:         $(DEMO_DIR)/eval/metrics.md (and metrics.json, metrics.csv, grids/)"
+
+world: install ## rebuild the `world` preset from scratch on CPU (T5, VAE, transformer, judge; RESUME=1 continues)
+	RESUME=$(or $(RESUME),0) VARLIT=$(BIN)/varlit bash experiments/world/build.sh
 
 bench: install ## speed and memory benchmarks on random weights (tiny on CPU; see bench/RESULTS.md)
 	$(BIN)/varlit bench $(BENCH_ARGS)

@@ -25,8 +25,7 @@ stage vae "$ROOT/vae/vae.safetensors" "$VARLIT" pretrain vae --config experiment
 t0=$(date +%s)
 judge_pid=
 if [ "$RESUME" != 1 ] || [ ! -e "$ROOT/judge/judge.safetensors" ]; then
-  "$VARLIT" world judge --out "$ROOT/judge" --vae_weights "$ROOT/vae/vae.safetensors" --steps 1200 \
-    > "$ROOT/judge.log" 2>&1 &
+  "$VARLIT" world judge --out "$ROOT/judge" > "$ROOT/judge.log" 2>&1 &
   judge_pid=$!
 fi
 stage infinity "$ROOT/infinity/infinity.safetensors" "$VARLIT" pretrain infinity --config experiments/world/infinity.yaml --run.root "$ROOT" \

@@ -118,7 +118,7 @@ def world_report(
     pipe = Pipeline.load("world", device="cpu", dtype="float32")
     judge = load_judge(Path(out) / "judge.safetensors")
     report: dict = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": f"{platform.processor() or platform.machine()}, torch threads: {torch.get_num_threads()}",
         "sampling": asdict(sampling),
     }
     report["vae_psnr_db"] = vae_psnr(pipe, psnr_images, cache_dir)
