@@ -64,6 +64,9 @@ class PretrainCLI(LightningCLI):
     def __init__(self, kind: str, args: list[str] | None = None, run: bool = True):
         if kind not in MODULES:
             raise ValueError(f"unknown pretraining target {kind!r}; choose one of {', '.join(MODULES)}")
+        from varlit.lightning_cli import quiet_lightning
+
+        quiet_lightning()
         self.kind = kind
         super().__init__(
             MODULES[kind],
@@ -73,6 +76,11 @@ class PretrainCLI(LightningCLI):
             save_config_callback=_SaveConfig,
             save_config_kwargs={"overwrite": True},
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # `varlit pretrain` always passes its own argv: Lightning's warning about args *and* sys.argv does
+        # not apply.
+        self.config = parser.parse_args(args) if args is not None else parser.parse_args()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(PretrainRun, "run")
