@@ -54,13 +54,17 @@ def build_tiny_tokenizer(vocab_size: int = 256):
     )
 
 
-def build_tiny_text_encoder(channels: int = 128, seed: int = 0, max_length: int = 32) -> TextEncoder:
-    """Random 2-layer T5 encoder of width `channels` (deterministic for a seed)."""
+def random_t5_encoder(
+    tokenizer, channels: int = 128, seed: int = 0, max_length: int = 32, spare_rows: int = 64
+) -> TextEncoder:
+    """Random 2-layer T5 encoder of width `channels` for `tokenizer` (deterministic for a seed).
+
+    `spare_rows` leaves room in the embedding table for added tokens such as <placeholder>.
+    """
     from transformers import T5Config, T5EncoderModel
 
-    tokenizer = build_tiny_tokenizer()
     config = T5Config(
-        vocab_size=len(tokenizer) + 64,  # room for added tokens such as <placeholder>
+        vocab_size=len(tokenizer) + spare_rows,
         d_model=channels,
         d_kv=max(channels // 4, 8),
         d_ff=channels * 2,
@@ -76,3 +80,8 @@ def build_tiny_text_encoder(channels: int = 128, seed: int = 0, max_length: int 
         torch.manual_seed(seed)
         encoder = T5EncoderModel(config)
     return TextEncoder(encoder, tokenizer, max_length=max_length)
+
+
+def build_tiny_text_encoder(channels: int = 128, seed: int = 0, max_length: int = 32) -> TextEncoder:
+    """The tiny preset's T5: random weights, tokenizer trained on the spot."""
+    return random_t5_encoder(build_tiny_tokenizer(), channels, seed, max_length, spare_rows=64)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..models.text import TextEncoder
 from .scenes import all_captions
 from .subjects import subject_prompts
@@ -49,26 +47,9 @@ def build_world_tokenizer():
 
 def build_world_text_encoder(seed: int = 0) -> TextEncoder:
     """Random 2-layer T5 encoder (width 128) with room in its table for added tokens such as <placeholder>."""
-    from transformers import T5Config, T5EncoderModel
+    from ..models.tiny_text import random_t5_encoder
 
-    tokenizer = build_world_tokenizer()
-    config = T5Config(
-        vocab_size=len(tokenizer) + 32,
-        d_model=TEXT_CHANNELS,
-        d_kv=32,
-        d_ff=2 * TEXT_CHANNELS,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        dropout_rate=0.0,
-        feed_forward_proj="gated-gelu",
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        encoder = T5EncoderModel(config)
-    return TextEncoder(encoder, tokenizer, max_length=TEXT_MAXLEN)
+    return random_t5_encoder(build_world_tokenizer(), TEXT_CHANNELS, seed, TEXT_MAXLEN, spare_rows=32)
 
 
 def save_text_encoder(te: TextEncoder, out: str | Path) -> Path:
