@@ -19,7 +19,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 def to_unit_range(pixels_NHW3: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(pixels_NHW3).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    from varlit.data.images import uint8_to_pm1
+
+    return uint8_to_pm1(torch.from_numpy(pixels_NHW3).permute(0, 3, 1, 2))
 
 
 class _WorldDataset(Dataset):

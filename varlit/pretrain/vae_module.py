@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from varlit.models.loading import load_checkpoint
 from varlit.models.presets import get_preset
-from varlit.models.quantizer import quantize_scale, upsample_code
+from varlit.models.quantizer import encode_code
 from varlit.models.vae import BSQVAE
 
 from .optim import PretrainOptimConfig, build_optimizer
@@ -29,23 +29,6 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
     mse = (x.float() - y.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
     return 10 * torch.log10(4.0 / mse)
-
-
-def quantize_with_ste(z_BdHW: torch.Tensor, vae_schedule) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-scale residual BSQ whose gradient passes straight through; returns (code, last scale's u)."""
-    H, W = z_BdHW.shape[-2:]
-    residual = z_BdHW.unsqueeze(2)
-    total = torch.zeros_like(residual)
-    for hw in vae_schedule:
-        r = (
-            residual
-            if tuple(residual.shape[-2:]) == tuple(hw)
-            else F.interpolate(residual, size=(1, *hw), mode="area")
-        )
-        up = upsample_code(quantize_scale(r), (H, W))
-        residual = residual - up
-        total = total + up
-    return total.squeeze(2), z_BdHW / z_BdHW.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def bit_entropies(u_BdHW: torch.Tensor, sharpness: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,10 +79,10 @@ class VAEPretrainModule(pl.LightningModule):
         self.vae.train().requires_grad_(True)
         self.vae_schedule = self.preset.vae_schedule(self.preset.schedule())
 
-    def reconstruct(self, x_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def reconstruct(self, x_B3HW: torch.Tensor) -> tuple[torch.Tensor, ...]:
         z = self.vae.encode_raw(x_B3HW)
-        code, u = quantize_with_ste(z, self.vae_schedule)
-        return self.vae.decoder(code), z, code, u
+        code = encode_code(z, self.vae_schedule)  # straight-through: quantize_scale passes gradients
+        return self.vae.decoder(code), z, code, F.normalize(z, dim=1, eps=1e-12)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = batch["pixels"]
