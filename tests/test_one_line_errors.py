@@ -54,6 +54,13 @@ def test_sample_checks_its_out_dir_before_generating(tmp_path, capsys):
 
 def test_a_read_only_folder_is_refused_by_name():
     folder = Path(tempfile.mkdtemp(prefix="varlit-ro-"))
+    # the checkout may sit in a folder that user cannot read (mktemp -d is 0700): give it a copy
+    pkg = Path(tempfile.mkdtemp(prefix="varlit-pkg-"))
+    (pkg / "varlit").mkdir()
+    (pkg / "varlit" / "__init__.py").write_text("")
+    shutil.copy(REPO / "varlit" / "io.py", pkg / "varlit" / "io.py")
+    for p in (pkg, pkg / "varlit", *(pkg / "varlit").iterdir()):
+        p.chmod(0o755)
     try:
         folder.chmod(0o555)
         code = (
@@ -68,8 +75,8 @@ def test_a_read_only_folder_is_refused_by_name():
         exe = shutil.which("python3", path="/usr/bin:/bin") if root else sys.executable
         proc = subprocess.run(
             [exe, "-c", code, str(folder / "runs" / "x")],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=pkg,
+            env={**os.environ, "PYTHONPATH": str(pkg)},
             capture_output=True,
             text=True,
             preexec_fn=drop,
@@ -81,6 +88,7 @@ def test_a_read_only_folder_is_refused_by_name():
     finally:
         folder.chmod(0o755)
         folder.rmdir()
+        shutil.rmtree(pkg, ignore_errors=True)
     with pytest.raises(FolderError, match="is not a folder"):
         check_writable_dir(Path(__file__) / "sub", "run folder")
 
