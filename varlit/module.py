@@ -20,8 +20,10 @@ two optimizer steps per iteration (`optim.schedule=alternating`). Its bugs are n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,16 @@ from .pipeline import load_base, resolve_dtype
 from .tuning.adapter import base_fingerprint, save_adapter
 from .tuning.divergence import check_gradients, check_losses
 from .tuning.freeze import FreezeConfig, ResolvedMask, apply_mask, resolve_for_model, validate
+from .tuning.lora import (
+    AdapterConfig,
+    LoraPlan,
+    adapter_state,
+    adapters_disabled,
+    inject,
+    lora_mask,
+    plan_lora,
+    validate_adapter,
+)
 from .tuning.losses import (
     arbooth_joint_kl,
     argmax_bits,
@@ -121,6 +133,7 @@ DEFAULT_SELF_CORRECTION = SelfCorrectionConfig()
 DEFAULT_PRIOR = PriorConfig()
 DEFAULT_OPTIM = OptimConfig()
 DEFAULT_VAL_SAMPLING = SamplingConfig()
+DEFAULT_ADAPTER = AdapterConfig()
 
 
 class SubjectTuningModule(pl.LightningModule):
@@ -147,6 +160,7 @@ class SubjectTuningModule(pl.LightningModule):
         val_class_samples: int = 4,
         seed: int = 0,
         arbooth_compat: bool = False,
+        adapter: AdapterConfig = DEFAULT_ADAPTER,
     ):
         """
         Args:
@@ -176,6 +190,8 @@ class SubjectTuningModule(pl.LightningModule):
             val_class_samples: samples of the bare class prompt per validation (drift metric PRES).
             seed: seed of everything random in a step (flips, teacher samples, dropout), per step.
             arbooth_compat: the released code's choices (joint-softmax KL, alternating steps, bf16 tuned tensors).
+            adapter: full (train the freeze mask's tensors) or lora (peft LoRA on the linear layers the freeze
+                mask selects, every base weight frozen; the teacher is the same model with LoRA off).
         """
         super().__init__()
         configs = {
@@ -186,6 +202,7 @@ class SubjectTuningModule(pl.LightningModule):
             "prior": prior,
             "optim": optim,
             "val_sampling": val_sampling,
+            "adapter": adapter,
         }
         # Plain dicts in hparams keep checkpoints loadable with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=list(configs))
@@ -195,6 +212,7 @@ class SubjectTuningModule(pl.LightningModule):
         if arbooth_compat:
             optim = OptimConfig(**{**asdict(optim), "schedule": "alternating"})
         validate(freeze, cfg.depth, "freeze")
+        validate_adapter(adapter, "adapter")
         self._validate(
             freeze, embedding, scale_weights, loss_reduction, self_correction, prior, optim, frozen_dtype
         )
@@ -224,15 +242,31 @@ class SubjectTuningModule(pl.LightningModule):
         self.student: Infinity = student
         self.student.gradient_checkpointing = gradient_checkpointing
         self.mask: ResolvedMask = resolve_for_model(freeze, student, cfg.depth)
+        self.adapter_cfg = adapter
+        self.lora: LoraPlan | None = None
+        if adapter.type == "lora":
+            self.lora = plan_lora(adapter, self.mask, student)
+            # Identity of the whole base (a LoRA adapter replaces none of its tensors), under the official names.
+            self._base_fingerprint = base_fingerprint(student, set())
+            # LoRA's random A comes from `seed`, not from whatever the global RNG holds: the same run, the same start.
+            dev = torch.device(init_device)
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                torch.manual_seed(_step_seed(seed, 0, 3))
+                inject(student, self.lora)
+            self.mask = lora_mask(self.mask, student, self.lora)
+        else:
+            # Identity of the frozen base, recorded in adapters so they are never applied to another base.
+            self._base_fingerprint = base_fingerprint(student, set(self.mask.trainable))
         apply_mask(student, self.mask)
         self.subject_embedding = (
             SubjectEmbedding(embedding.num_vectors, cfg.text_channels) if freeze.subject_embedding else None
         )
-        # Identity of the frozen base, recorded in adapters so they are never applied to another base.
-        self._base_fingerprint = base_fingerprint(student, set(self.mask.trainable))
-        # Pretrained values of the tuned tensors: the teacher's copy, taken before any step or restore.
+        # Pretrained values of the tuned tensors: the teacher's copy, taken before any step or restore
+        # (none under LoRA: the teacher is the student with LoRA off).
         self._teacher_init = {
-            k: v.detach().clone() for k, v in student.state_dict().items() if k in self.mask.trainable
+            k: v.detach().clone()
+            for k, v in student.state_dict().items()
+            if k in self.mask.trainable and self.lora is None
         }
         self._frozen: dict[str, Any] = {
             "vae": vae.eval().requires_grad_(False),
@@ -315,9 +349,21 @@ class SubjectTuningModule(pl.LightningModule):
 
     @property
     def teacher(self) -> Infinity:
+        if self.lora is not None:
+            raise RuntimeError("under LoRA the teacher is the student with LoRA off: use teacher_model()")
         if self._frozen["teacher"] is None:
             self._frozen["teacher"] = self._build_teacher()
         return self._frozen["teacher"]
+
+    @contextlib.contextmanager
+    def teacher_model(self) -> Iterator[Infinity]:
+        """The frozen pretrained model: a copy sharing the student's frozen tensors (full), or the student
+        itself with its LoRA layers disabled and in eval mode (lora: no second copy of any weight)."""
+        if self.lora is not None:
+            with adapters_disabled(self.student) as base:
+                yield base
+        else:
+            yield self.teacher
 
     def _build_teacher(self) -> Infinity:
         """A frozen pretrained copy that shares every frozen tensor with the student."""
@@ -483,8 +529,19 @@ class SubjectTuningModule(pl.LightningModule):
         if missing:
             raise ValueError(
                 f"checkpoint does not hold the tensors this run trains ({len(missing)} missing, e.g. {missing[0]}); "
-                "was it written with another freeze spec?"
+                "was it written with another freeze spec or adapter type?"
             )
+        own = dict(self.named_parameters())
+        for k in sorted(want):
+            have, mine = tuple(checkpoint["state_dict"][k].shape), tuple(own[k].shape)
+            if have == mine:
+                continue
+            if ".lora_A." in k:  # A is [rank, in]
+                raise ValueError(
+                    f"checkpoint was trained with LoRA rank {have[0]} ({k}), this run has rank {mine[0]} "
+                    "(adapter.rank / adapter.rank_per_kind): resume with the rank it was started with"
+                )
+            raise ValueError(f"checkpoint tensor {k} has shape {have}, this run's is {mine}")
 
     # ------------------------------------------------------------------------------------------ text
 
@@ -501,16 +558,17 @@ class SubjectTuningModule(pl.LightningModule):
     ) -> PriorBatch:
         """Class-prompt token maps from the teacher (KV cache, true positions) and its raw conditional logits."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._autocast_bf16()):
-            out: SampleOutput = sample(
-                self.teacher,
-                None,
-                class_text,
-                schedule,
-                self.prior_cfg.sampling,
-                generator=generator,
-                patchify=self.preset.patchify,
-                return_logits=True,
-            )
+            with self.teacher_model() as teacher:
+                out: SampleOutput = sample(
+                    teacher,
+                    None,
+                    class_text,
+                    schedule,
+                    self.prior_cfg.sampling,
+                    generator=generator,
+                    patchify=self.preset.patchify,
+                    return_logits=True,
+                )
         B = class_text.batch_size
         return PriorBatch(
             torch.zeros(B, dtype=torch.long),
@@ -810,6 +868,10 @@ class SubjectTuningModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------ adapters
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The tuned tensors an adapter file holds: the masked tensors (full) or the LoRA A/B (lora, under
+        peft's portable names `<module>.lora_A.weight`)."""
+        if self.lora is not None:
+            return adapter_state(self.student)
         params = dict(self.student.named_parameters())
         return {k: params[k] for k in sorted(self.mask.trainable)}
 
@@ -824,6 +886,7 @@ class SubjectTuningModule(pl.LightningModule):
             "step": int(self.global_step),
             "freeze": self.mask.as_hparams(),
             "base_fingerprint": self._base_fingerprint,
+            "adapter": self.lora.meta(self.adapter_cfg) if self.lora is not None else {"type": "full"},
             "hparams": {k: v for k, v in self.hparams.items()},
             **(extra_meta or {}),
         }

@@ -149,6 +149,16 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
+def linear_plus_bias(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A bias-free linear layer plus an outside bias (the q/k/v bias concatenations of the attentions).
+
+    A plain nn.Linear folds the bias into one F.linear (the official op). A layer wrapped by an adapter
+    (peft LoRA) is called, so its low-rank update applies; reading `.weight` would bypass it."""
+    if type(layer) is nn.Linear:
+        return F.linear(x, layer.weight, bias)
+    return layer(x) + bias
+
+
 @dataclass
 class ScalePrefixes:
     """Block-causal attention as one mask-free SDPA call per scale: scale s attends to tokens [0, end_s).
@@ -204,7 +214,7 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, l, C = x_BlC.shape
         bias = torch.cat([self.q_bias, self.zero_k_bias, self.v_bias])
-        qkv = F.linear(x_BlC, self.mat_qkv.weight, bias).view(B, l, 3, self.num_heads, -1)
+        qkv = linear_plus_bias(self.mat_qkv, x_BlC, bias).view(B, l, 3, self.num_heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, l, c]
         q = F.normalize(q, dim=-1, eps=1e-12) * self.scale_mul_1H11.clamp(max=self.clamp).exp()
         k = F.normalize(k, dim=-1, eps=1e-12)
@@ -238,7 +248,7 @@ class CrossAttention(nn.Module):
         """Keys and values [B, H, T, c]; computed once per prompt batch and reused by every scale."""
         B, T, _ = text_BTC.shape
         bias = torch.cat([self.zero_k_bias, self.v_bias])
-        kv = F.linear(text_BTC, self.mat_kv.weight, bias).view(B, T, 2, self.num_heads, self.head_dim)
+        kv = linear_plus_bias(self.mat_kv, text_BTC, bias).view(B, T, 2, self.num_heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         return k, v
 

@@ -190,9 +190,34 @@ def apply_adapter_tensors(
     return previous
 
 
+def adapter_type(meta: dict[str, Any]) -> str:
+    """full (tuned tensors replace the base's) or lora (low-rank updates merged into the base)."""
+    entry = meta.get("adapter")
+    return str(entry.get("type", "full")) if isinstance(entry, dict) else "full"
+
+
+def _apply_lora(pipe: Pipeline, path: Path, adapter: Adapter) -> dict[str, torch.Tensor]:
+    """Merge a LoRA adapter into the target weights (no per-token cost); returns their base values."""
+    from .lora import LoraPlan, check_fits, check_lora_tensors, merge_into
+
+    plan = LoraPlan.from_meta(adapter.meta["adapter"], str(path))
+    check_lora_tensors(path, plan, adapter.tensors)
+    check_fits(path, plan, pipe.model, adapter.tensors)
+    params = dict(pipe.model.named_parameters())
+    backup = {f"{t}.weight": params[f"{t}.weight"].detach().clone() for t in plan.targets}
+    merge_into(pipe.model, plan, adapter.tensors)
+    return backup
+
+
 def load_adapter(pipe: Pipeline, path: str | os.PathLike) -> Adapter:
-    """Apply an adapter to a loaded pipeline: tuned tensors in place, subject vectors for `<placeholder>`."""
+    """Apply an adapter to a loaded pipeline: tuned tensors in place (full) or merged low-rank updates
+    (lora), subject vectors for `<placeholder>`. The base values are kept, so the next adapter or
+    `restore_base` puts the base back exactly, without reloading it."""
+    path = Path(path)
     adapter = read_adapter(path)
+    kind = adapter_type(adapter.meta)
+    if kind not in ("full", "lora"):
+        raise CheckpointError(f"{path}: unknown adapter type {kind!r} (full or lora)")
     base = adapter.meta.get("preset")
     if base and base != pipe.preset.name:
         raise CheckpointError(
@@ -202,7 +227,7 @@ def load_adapter(pipe: Pipeline, path: str | os.PathLike) -> Adapter:
         pipe.restore_base()
     trained_on = adapter.meta.get("base_fingerprint")
     if trained_on:
-        here = base_fingerprint(pipe.model, set(adapter.tensors))
+        here = base_fingerprint(pipe.model, set() if kind == "lora" else set(adapter.tensors))
         if here != trained_on:
             raise CheckpointError(
                 f"{path}: adapter was trained on another base model (weights {adapter.meta.get('weights')!r}, "
@@ -210,7 +235,10 @@ def load_adapter(pipe: Pipeline, path: str | os.PathLike) -> Adapter:
             )
     else:
         _warn_once(f"fp:{path}", f"{path}: adapter records no base fingerprint; cannot check its base model")
-    pipe.base_backup = apply_adapter_tensors(pipe.model, adapter.tensors, str(path))
+    if kind == "lora":
+        pipe.base_backup = _apply_lora(pipe, path, adapter)
+    else:
+        pipe.base_backup = apply_adapter_tensors(pipe.model, adapter.tensors, str(path))
     if adapter.subject_vectors is not None:
         emb = SubjectEmbedding(adapter.subject_vectors.shape[0], adapter.subject_vectors.shape[1])
         emb.vectors.data.copy_(adapter.subject_vectors)
