@@ -81,7 +81,7 @@ sweep_run = $(BIN)/python -m varlit.sweeps run $(1) --config $(CONFIG) --root $(
 	$(if $(strip $(SUBJECTS)),--subjects "$(SUBJECTS)") $(if $(strip $(STEPS)),--steps $(STEPS)) \
 	$(if $(strip $(ARGS)),-- $(ARGS))
 
-.PHONY: ablate-layers ablate-scales ablate-distill ablate-all
+.PHONY: ablate-layers ablate-scales ablate-distill ablate-adapter ablate-all
 
 ablate-layers: install ## layer selection (all, sa, ca, ffn, ca+ffn, early/late half) -> $(ROOT)/ablate-layers/summary.*
 	$(call sweep_run,ablate-layers)
@@ -91,5 +91,8 @@ ablate-scales: install ## scale weights (uniform, arbooth, inverse_sqrt_area, ex
 
 ablate-distill: install ## prior distillation (none, soft 0.1/0.5/1, hard, bank) -> $(ROOT)/ablate-distill/summary.*
 	$(call sweep_run,ablate-distill)
+
+ablate-adapter: install ## full CA+FFN vs LoRA r4/r16/r64 (peft) -> $(ROOT)/ablate-adapter/summary.*
+	$(call sweep_run,ablate-adapter)
 
 ablate-all: ablate-layers ablate-scales ablate-distill ## the three ablations in turn

@@ -5,6 +5,8 @@
 #   3. the same with full-block gradient checkpointing (less memory)
 #   4. the smallest-memory configuration we offer: batch 1, checkpointing
 #   5. the online prior source (teacher sampling every step): its cost next to the bank
+#   6. issue 12: LoRA r16 on CA+FFN + bf16 frozen blocks + checkpointing, batch 2, bank prior: the real
+#      peak against the memory formula (varlit.tuning.memory; printed next to it) and the 24 GB target
 # Runs are ordered by priority; each has its own time limit and the whole script stops starting new ones
 # after BUDGET_S seconds (default 480), so it stays well inside a 10-minute command.
 # Without a GPU the same steps run in reduced form on CPU (tiny preset, 256^2), so a GPU run needs no
@@ -62,6 +64,9 @@ run finetune_bank_b2 "$FT_STEPS" \
   '"parts": ["finetune"], "prior_sources": ["bank"], "finetune_batch": 2, "gradient_checkpointing": false'
 run finetune_bank_b2_ckpt "$FT_STEPS" \
   '"parts": ["finetune"], "prior_sources": ["bank"], "finetune_batch": 2, "gradient_checkpointing": true'
+run finetune_bank_b2_ckpt_lora16 "$FT_STEPS" \
+  '"parts": ["finetune"], "prior_sources": ["bank"], "finetune_batch": 2, "gradient_checkpointing": true,
+   "adapter": "lora", "lora_rank": 16'
 run finetune_bank_b1_ckpt "$FT_STEPS" \
   '"parts": ["finetune"], "prior_sources": ["bank"], "finetune_batch": 1, "gradient_checkpointing": true'
 run finetune_online_b2 "$FT_STEPS" '"parts": ["finetune"], "prior_sources": ["online"], "finetune_batch": 2'

@@ -60,7 +60,8 @@ TINY_EVAL = [
 
 
 def test_sweeps_have_the_required_variants():
-    assert set(SWEEPS) == {"ablate-layers", "ablate-scales", "ablate-distill"}
+    assert set(SWEEPS) == {"ablate-layers", "ablate-scales", "ablate-distill", "ablate-adapter"}
+    assert SWEEPS["ablate-adapter"].names == ["full", "lora-r4", "lora-r16", "lora-r64"]
     assert {"all", "sa", "ca", "ffn", "ca+ffn", "early-half", "late-half"} <= set(
         SWEEPS["ablate-layers"].names
     )

@@ -1,5 +1,5 @@
 """`summary.json` in the run folder: what sweeps compare besides quality (trainable parameters, time per
-step, peak memory, final losses). Written atomically at the end of training."""
+step, peak memory, adapter size, final losses). Written atomically at the end of training."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from ..io import atomic_write_json
+from .adapter import AdapterCheckpoint
 from .run_dir import run_dir
+
+
+def adapter_bytes(trainer: pl.Trainer) -> int | None:
+    """Size of the run's adapter file (the final one when AdapterCheckpoint has written it, else the newest
+    intermediate one: every adapter of a run has the same tensors, so the same size)."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, AdapterCheckpoint) and cb.last_path is not None and cb.last_path.exists():
+            return cb.last_path.stat().st_size
+    return None
 
 
 class RunSummary(pl.Callback):
@@ -48,6 +58,7 @@ class RunSummary(pl.Callback):
                 "total_params": int(total),
                 "sec_per_step": self._time / self._timed_steps if self._timed_steps else None,
                 "peak_memory_bytes": peak,
+                "adapter_bytes": adapter_bytes(trainer),
                 "device": str(pl_module.device),
                 "final": metrics,
             },

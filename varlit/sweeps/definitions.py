@@ -95,6 +95,22 @@ def _prior(name: str, loss: str, weight: float, source: str, note: str, *extra: 
     )
 
 
+def _adapter(name: str, kind: str, rank: int, note: str) -> Variant:
+    """CA+FFN of every block, trained in full or through LoRA of `rank` (alpha = rank: scaling 1)."""
+    return Variant(
+        name,
+        (
+            "--model.freeze.preset=arbooth",
+            "--model.freeze.trainable=null",
+            f"--model.adapter.type={kind}",
+            f"--model.adapter.rank={rank}",
+            "--model.adapter.alpha=null",
+            "--model.adapter.rank_per_kind=null",
+        ),
+        note,
+    )
+
+
 SWEEPS: dict[str, Sweep] = {
     s.name: s
     for s in (
@@ -157,6 +173,16 @@ SWEEPS: dict[str, Sweep] = {
                     "soft KL, lambda 0.5, teacher samples drawn once into a prior bank",
                     "--model.prior.bank.root={run_dir}/prior_bank",
                 ),
+            ),
+        ),
+        Sweep(
+            "ablate-adapter",
+            "full CA+FFN fine-tuning against peft LoRA adapters on the same layers (issue 12)",
+            (
+                _adapter("full", "full", 16, "ARBooth: every CA and FFN tensor trained"),
+                _adapter("lora-r4", "lora", 4, "LoRA rank 4 on every CA and FFN linear layer"),
+                _adapter("lora-r16", "lora", 16, "LoRA rank 16 on every CA and FFN linear layer"),
+                _adapter("lora-r64", "lora", 64, "LoRA rank 64 on every CA and FFN linear layer"),
             ),
         ),
     )
