@@ -262,6 +262,10 @@ def test_a_lora_adapter_for_another_preset_or_rank_is_refused_by_value(tmp_path)
         load_adapter(pipe, lied)
     assert torch.equal(_logits(pipe.model), _logits(_base()))  # nothing was applied
 
+    other_base = Pipeline.load("tiny", device="cpu", dtype="float32", init_seed=1)
+    with pytest.raises(CheckpointError, match="trained on another base model"):
+        load_adapter(other_base, path)
+
     # resuming a rank-4 run's checkpoint with rank 8
     ckpt = {"state_dict": dict(m.state_dict())}
     with pytest.raises(ValueError, match="trained with LoRA rank 4 .*this run has rank 8"):
