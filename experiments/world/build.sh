@@ -2,7 +2,9 @@
 # `make world`: rebuild the world from scratch on a CPU -- T5 + tokenizer, VAE, transformer (two stages), judge --
 # then export it as the `world` preset (varlit/world/weights/) and measure it (report.json / report.md).
 # The judge trains beside the transformer (one thread each: the two cores are both busy, and a 2-thread
-# kernel stalls when the other core is taken). Wall times of every stage go to $ROOT/timings.json.
+# kernel stalls when the other core is taken): first on sharp renders, then continued on a half-and-half mix
+# with the VAE's reconstructions (what the generator can draw; `varlit world judge --init`).
+# Wall times of every stage go to $ROOT/timings.json.
 set -euo pipefail
 VARLIT=${VARLIT:-.venv/bin/varlit}
 ROOT=${ROOT:-runs/world}
@@ -24,8 +26,14 @@ stage text_encoder "$ROOT/text_encoder/config.json" "$VARLIT" world text-encoder
 stage vae "$ROOT/vae/vae.safetensors" "$VARLIT" pretrain vae --config experiments/world/vae.yaml --run.root "$ROOT" --run.name vae $ARGS
 t0=$(date +%s)
 judge_pid=
-if [ "$RESUME" != 1 ] || [ ! -e "$ROOT/judge/judge.safetensors" ]; then
-  "$VARLIT" world judge --out "$ROOT/judge" > "$ROOT/judge.log" 2>&1 &
+if [ "$RESUME" != 1 ] || [ ! -e "$ROOT/judge_vae/judge.safetensors" ]; then
+  {
+    if [ "$RESUME" != 1 ] || [ ! -e "$ROOT/judge/judge.safetensors" ]; then
+      "$VARLIT" world judge --out "$ROOT/judge"
+    fi
+    "$VARLIT" world judge --init "$ROOT/judge/judge.safetensors" --vae_weights "$ROOT/vae/vae.safetensors" \
+      --num_images 4096 --subject_share 0.5 --steps 500 --lr 1e-3 --seed 1 --out "$ROOT/judge_vae"
+  } > "$ROOT/judge.log" 2>&1 &
   judge_pid=$!
 fi
 stage infinity "$ROOT/infinity/infinity.safetensors" "$VARLIT" pretrain infinity --config experiments/world/infinity.yaml --run.root "$ROOT" \
@@ -40,7 +48,7 @@ stage infinity2 "$ROOT/infinity2/infinity.safetensors" "$VARLIT" pretrain infini
   --model.weights "$ROOT/infinity/infinity.safetensors" --model.vae_weights "$ROOT/vae/vae.safetensors" \
   --model.text_encoder "$ROOT/text_encoder" $ARGS
 stage export /nonexistent "$VARLIT" world export --infinity "$ROOT/infinity2/infinity.safetensors" \
-  --vae "$ROOT/vae/vae.safetensors" --judge "$ROOT/judge/judge.safetensors" --text_encoder "$ROOT/text_encoder"
+  --vae "$ROOT/vae/vae.safetensors" --judge "$ROOT/judge_vae/judge.safetensors" --text_encoder "$ROOT/text_encoder"
 stage report /nonexistent "$VARLIT" world report
 total=$(( $(date +%s) - start ))
 {

@@ -111,15 +111,18 @@ def _pixels(pool: ScenePool, idx: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def judge_accuracy(judge: Judge, pool: ScenePool, batch_size: int = 256) -> dict[str, float]:
-    """Per-head accuracy on a pool (colour is scored on ordinary scenes only: subjects have their own)."""
+def judge_accuracy(
+    judge: Judge, pool: ScenePool, batch_size: int = 256, images: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Per-head accuracy on a pool (colour is scored on ordinary scenes only: subjects have their own);
+    `images` replaces the pool's pixels (e.g. their VAE reconstructions), same order."""
     judge.eval()
     labels = pool_labels(pool)
     hits = {k: 0.0 for k in HEADS}
     ordinary = int((labels["subject"] == 0).sum())
     for s in range(0, len(pool), batch_size):
         idx = torch.arange(s, min(s + batch_size, len(pool)))
-        _, logits = judge(_pixels(pool, idx))
+        _, logits = judge(_pixels(pool, idx) if images is None else images[idx])
         for k in HEADS:
             ok = logits[k].argmax(-1) == labels[k][idx]
             if k == "colour":
@@ -141,13 +144,19 @@ def train_judge(
     cache_dir: str = "runs/.cache/world",
     vae_weights: str | None = None,
     recon_share: float = 0.5,
+    init: str | None = None,
 ) -> dict[str, float]:
     """Train the judge on a pool of renders (ordinary scenes and subjects), report accuracy on fresh ones.
 
     With `vae_weights` (the world VAE), a `recon_share` of the training images are the VAE's
     reconstructions of the pool (computed once): the judge then reads what the generator can draw,
-    not only sharp renders. Writes `out/judge.safetensors` and `out/judge.json` (config and accuracy
-    per head on `eval_images` renders of a stream the judge never trained on).
+    not only sharp renders. With `init` (a judge.safetensors) training continues from that judge: the
+    shipped judge is the clean-render judge fine-tuned this way, since every image the generator draws is
+    a VAE decode, and a judge trained only on sharp renders misses subjects in them (measured: it names
+    0 to 47 % of subject reconstructions, 15 % on average, against 100 % of clean renders).
+    Writes `out/judge.safetensors` and `out/judge.json` (config and accuracy per head on `eval_images`
+    renders of a stream the judge never trained on, and on their VAE reconstructions when `vae_weights`
+    is given).
     """
     from safetensors.torch import save_file
 
@@ -158,7 +167,7 @@ def train_judge(
     pool = cached_pool(cache_dir, num_images, seed + 2000, subject_share)
     labels = pool_labels(pool)
     recon = vae_reconstructions(vae_weights, pool) if vae_weights else None
-    judge = Judge(JudgeConfig(width=width))
+    judge = load_judge(init).train().requires_grad_(True) if init else Judge(JudgeConfig(width=width))
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup, 0.02))
@@ -183,13 +192,22 @@ def train_judge(
     fresh = cached_pool(cache_dir, eval_images, seed + 3000, subject_share)
     acc = judge_accuracy(judge, fresh)
     print("judge accuracy on fresh renders: " + ", ".join(f"{k} {v:.2%}" for k, v in acc.items()))
+    acc_recon = None
+    if vae_weights:
+        acc_recon = judge_accuracy(judge, fresh, images=vae_reconstructions(vae_weights, fresh))
+        print(
+            "judge accuracy on their VAE reconstructions: "
+            + ", ".join(f"{k} {v:.2%}" for k, v in acc_recon.items())
+        )
     out_dir = Path(out)
     state = {k: v.detach().contiguous() for k, v in judge.state_dict().items()}
     atomic_write(out_dir / "judge.safetensors", lambda tmp: save_file(state, tmp))
     meta = {
         "config": asdict(judge.cfg),
         "accuracy_fresh": acc,
+        "accuracy_fresh_reconstructions": acc_recon,
         "trained_on_vae_reconstructions": recon_share if vae_weights else 0.0,
+        "init": init,
         "eval_images": eval_images,
         "train_seconds": round(time.time() - t0, 1),
         "steps": steps,
