@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -490,3 +491,93 @@ def test_another_preset_with_the_same_vae_misses_the_image_cache(tmp_path, vae, 
     again = make_dm(tmp_path / "subj", tmp_path / "cache", vae, text_encoder, preset)
     again.build_cache()
     assert again.cache.stats.misses == 0  # the first preset's entries are still there, untouched
+
+
+def test_photo_captions_give_each_photo_its_own_instance_prompt(tmp_path, vae, text_encoder, preset):
+    paths = make_photos(tmp_path / "subj")
+    (tmp_path / "subj" / "captions.txt").write_text(
+        "# one prompt per photo\n00.png: a photo of a <placeholder> {class} at night\n"
+        "02.png: a photo of a <placeholder> {class} in the snow\n"
+    )
+    dm = make_dm(
+        tmp_path / "subj",
+        tmp_path / "cache",
+        vae,
+        text_encoder,
+        preset,
+        batch_size=3,
+        repeats=4,
+        photo_captions="captions.txt",
+    )
+    expected = {
+        "00.png": "a photo of a <placeholder> teapot at night",
+        "01.png": "a photo of <placeholder> teapot",  # not listed: the instance template
+        "02.png": "a photo of a <placeholder> teapot in the snow",
+    }
+    seen = set()
+    for batch in dm.train_dataloader():
+        for path, prompt, i in zip(batch.paths, batch.instance_prompts, range(len(batch))):
+            assert prompt == expected[Path(path).name]
+            seen.add(Path(path).name)
+            # The features are that prompt's own encoding, placeholder position included.
+            ref = text_encoder.encode([prompt])
+            n = int(ref.lengths_B[0])
+            assert int(batch.instance_text.lengths_B[i]) == n
+            torch.testing.assert_close(batch.instance_text.features_BTC[i, :n], ref.features_BTC[0, :n])
+            ids = text_encoder.tokenize([prompt])["input_ids"][0].tolist()
+            assert int(batch.instance_placeholder_B[i]) == ids.index(
+                text_encoder.tokenizer.convert_tokens_to_ids(PLACEHOLDER)
+            )
+    assert seen == {p.name for p in paths}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("00.png a photo of <placeholder> {class}\n", "expected '<photo file>: <prompt template>'"),
+        ("07.png: a photo of <placeholder> {class}\n", "'07.png' is not one of the subject's photos"),
+        ("00.png: a photo of a {class}\n", "the prompt 'a photo of a {class}' has no <placeholder>"),
+    ],
+)
+def test_photo_captions_errors_name_the_file_and_line(tmp_path, text, message):
+    make_photos(tmp_path / "subj")
+    (tmp_path / "subj" / "captions.txt").write_text("01.png: a <placeholder> {class}\n" + text)
+    dm = SubjectDataModule(
+        subject_dir=str(tmp_path / "subj"),
+        class_word="teapot",
+        cache_dir=str(tmp_path),
+        photo_captions="captions.txt",
+    )
+    dm.setup("fit")
+    with pytest.raises(SubjectError, match=r"captions.txt, line 2: " + re.escape(message)):
+        _ = dm.photo_prompts
+    missing = SubjectDataModule(
+        subject_dir=str(tmp_path / "subj"),
+        class_word="teapot",
+        cache_dir=str(tmp_path),
+        photo_captions="nope.txt",
+    )
+    missing.setup("fit")
+    with pytest.raises(SubjectError, match=r"data.photo_captions: .*nope.txt does not exist"):
+        _ = missing.photo_prompts
+
+
+def test_validation_draws_each_prompt_several_times(tmp_path, vae, text_encoder, preset):
+    make_photos(tmp_path / "subj")
+    prompts = ["a <placeholder> {class} on the beach", "a red <placeholder> {class}"]
+    dm = make_dm(
+        tmp_path / "subj",
+        tmp_path / "cache",
+        vae,
+        text_encoder,
+        preset,
+        val_prompts=prompts,
+        val_samples_per_prompt=3,
+        val_batch_size=4,
+    )
+    batches = list(dm.val_dataloader())
+    got = [p for b in batches for p in b.prompts]
+    assert got == [p.replace("{class}", "teapot") for p in prompts for _ in range(3)]
+    assert [len(b) for b in batches] == [4, 2]
+    with pytest.raises(ValueError, match="val_samples_per_prompt must be at least 1"):
+        SubjectDataModule(subject_dir=str(tmp_path / "subj"), class_word="teapot", val_samples_per_prompt=0)

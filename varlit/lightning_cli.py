@@ -33,6 +33,7 @@ from .callbacks.last_checkpoint import AtomicCheckpointIO, LastCheckpoint
 from .callbacks.run_summary import RunSummary
 from .callbacks.samples import SampleGrid
 from .callbacks.scale_losses import PerScaleLosses
+from .data import world_subjects
 from .data.datamodule import SubjectDataModule, default_cache_dir
 from .eval.config import EvalConfig
 from .io import atomic_write
@@ -191,7 +192,8 @@ def preflight(cfg: Any, subcommand: str) -> None:
     subject_dir = cfg.get("data.subject_dir")
     if subject_dir and not Path(subject_dir).expanduser().is_dir():
         raise ValueError(f"data.subject_dir: {subject_dir} is not a folder (--data.subject_dir)")
-    if cfg.get("data.subject") and not subject_dir:
+    subject = cfg.get("data.subject")
+    if subject and not subject_dir and not world_subjects.is_world_spec(subject):
         from .data import dreambench
 
         root = cfg.get("data.dreambench_root")

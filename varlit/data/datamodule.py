@@ -218,17 +218,25 @@ def _avoid_head(order: list[int], taken: set[int], head: int) -> list[int]:
 class _Collate:
     """Turns [(view index, class index)] into a `SubjectBatch` from the cached tensors."""
 
-    def __init__(self, views: list[ImageView], instance: PromptFeatures, classes: list[PromptFeatures]):
+    def __init__(
+        self,
+        views: list[ImageView],
+        instance: PromptFeatures,
+        classes: list[PromptFeatures],
+        by_photo: dict[str, PromptFeatures] | None = None,
+    ):
         self.views = views
         self.instance = instance
         self.classes = classes
+        self.by_photo = by_photo or {}  # photo file name -> its own caption (photo_captions)
 
     def __call__(self, items: list[tuple[int, int]]) -> SubjectBatch:
         views = [self.views[v] for v, _ in items]
         schedule = views[0].schedule
         if any(v.schedule != schedule for v in views):
             raise ValueError("a batch mixes aspect ratios; use GroupedBatchSampler")
-        instance_text, placeholder = stack_prompts([self.instance] * len(items))
+        instances = [self.by_photo.get(Path(v.path).name, self.instance) for v in views]
+        instance_text, placeholder = stack_prompts(instances)
         class_feats = [self.classes[c] for _, c in items]
         class_text, _ = stack_prompts(class_feats)
         return SubjectBatch(
@@ -239,7 +247,7 @@ class _Collate:
             instance_text=instance_text,
             instance_placeholder_B=placeholder,
             class_text=class_text,
-            instance_prompts=[self.instance.prompt] * len(items),
+            instance_prompts=[f.prompt for f in instances],
             class_prompts=[f.prompt for f in class_feats],
             schedule=schedule,
             vae_schedule=views[0].vae_schedule,
@@ -260,7 +268,14 @@ class SubjectDataModule(LightningDataModule):
     `world_subjects`). Templates put the
     class word at `{class}`; `<placeholder>` marks the learned subject token. `pn` (pixel budget: 0.06M,
     0.25M, 0.60M, 1M) defaults to the attached preset's; the resolution follows from it and the VAE stride.
-    `cache_dir` defaults to `~/.cache/varlit/tokens`.
+    `cache_dir` defaults to `~/.cache/varlit/tokens`. `photo_captions` names a file in the subject folder
+    that gives some photos their own instance prompt, one `<file name>: <template>` per line (the template
+    holds `<placeholder>` and may use `{class}`); the others keep `instance_template`. ARBooth and DreamBooth
+    use one prompt for every photo; naming each photo's background lets the model put what is constant (the
+    subject) on the placeholder and leave the background to the words that describe it.
+    `val_samples_per_prompt` draws each validation prompt
+    that many times (one RNG per batch, so the copies differ): validation metrics read off one sample per
+    prompt are too noisy to follow a run by.
     """
 
     def __init__(
@@ -273,10 +288,12 @@ class SubjectDataModule(LightningDataModule):
         pn: str | None = None,
         aspect: Aspect = "square",
         instance_template: str = DEFAULT_INSTANCE_TEMPLATE,
+        photo_captions: str | None = None,
         class_templates: list[str] | None = None,
         val_prompts: list[str] | None = None,
         batch_size: int = 2,
         val_batch_size: int = 4,
+        val_samples_per_prompt: int = 1,
         repeats: int = 100,
         on_bad_image: OnBadImage = "error",
         min_images: int = 3,
@@ -302,6 +319,7 @@ class SubjectDataModule(LightningDataModule):
         for name, value in (
             ("batch_size", batch_size),
             ("val_batch_size", val_batch_size),
+            ("val_samples_per_prompt", val_samples_per_prompt),
             ("repeats", repeats),
             ("min_images", min_images),
             ("max_image_pixels", max_image_pixels),
@@ -327,6 +345,7 @@ class SubjectDataModule(LightningDataModule):
         self.pn = pn
         self.aspect = aspect
         self.instance_template = instance_template
+        self.photo_captions = photo_captions
         self.class_templates = (
             list(class_templates) if class_templates is not None else list(DEFAULT_CLASS_TEMPLATES)
         )
@@ -336,6 +355,7 @@ class SubjectDataModule(LightningDataModule):
         self.val_templates = val_prompts
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
+        self.val_samples_per_prompt = val_samples_per_prompt
         self.repeats = repeats
         self.on_bad_image = on_bad_image
         self.min_images = min_images
@@ -382,6 +402,33 @@ class SubjectDataModule(LightningDataModule):
     @property
     def instance_prompt(self) -> str:
         return fill_template(self.instance_template, self._require_subject().class_word)
+
+    @property
+    def photo_prompts(self) -> dict[str, str]:
+        """Photo file name -> its own instance prompt, from `photo_captions` (empty without the option)."""
+        if self.photo_captions is None:
+            return {}
+        subject = self._require_subject()
+        path = subject.folder / self.photo_captions
+        if not path.is_file():
+            raise SubjectError(f"data.photo_captions: {path} does not exist")
+        names = {p.path.name for p in self.photos}
+        out: dict[str, str] = {}
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, sep, template = line.partition(":")
+            name, template = name.strip(), template.strip()
+            if not sep or not template:
+                raise SubjectError(
+                    f"{path}, line {n}: expected '<photo file>: <prompt template>', got {line!r}"
+                )
+            if name not in names:
+                raise SubjectError(f"{path}, line {n}: {name!r} is not one of the subject's photos")
+            if PLACEHOLDER not in template:
+                raise SubjectError(f"{path}, line {n}: the prompt {template!r} has no {PLACEHOLDER}")
+            out[name] = fill_template(template, subject.class_word)
+        return out
 
     @property
     def class_prompts(self) -> list[str]:
@@ -466,7 +513,11 @@ class SubjectDataModule(LightningDataModule):
             seed=self.seed,
         )
         self.views = encode_views(plans, self.encoders, self.cache, pn, self.resample)
-        prompts = [self.instance_prompt, *self.class_prompts, *self.val_prompts]
+        prompts = list(
+            dict.fromkeys(
+                [self.instance_prompt, *self.photo_prompts.values(), *self.class_prompts, *self.val_prompts]
+            )
+        )
         self.prompt_features = encode_prompts(prompts, self.encoders, self.cache)
         stack_prompts([self.prompt_features[p] for p in prompts])  # fails early on a doubled placeholder
         hits, misses = self.cache.stats.hits - before[0], self.cache.stats.misses - before[1]
@@ -498,6 +549,7 @@ class SubjectDataModule(LightningDataModule):
             self.views,
             self.prompt_features[self.instance_prompt],
             [self.prompt_features[p] for p in self.class_prompts],
+            {name: self.prompt_features[p] for name, p in self.photo_prompts.items()},
         )
         loader = ResumableDataLoader(
             _ViewDataset(len(self.views)),
@@ -511,7 +563,8 @@ class SubjectDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         self.build_cache()
-        batches = self.prompt_batches(self.val_prompts, self.val_batch_size)
+        prompts = [p for p in self.val_prompts for _ in range(self.val_samples_per_prompt)]
+        batches = self.prompt_batches(prompts, self.val_batch_size)
         if not batches:
             return []
         return DataLoader(batches, batch_size=None, collate_fn=_identity)

@@ -61,9 +61,11 @@ def world_val_templates(name: str) -> list[str]:
     return [f"a photo of a <placeholder> {{class}} {CONTEXTS[c]}" for c in unseen]
 
 
-def world_eval_templates() -> list[str]:
-    """Evaluation templates (one `{}` for "<placeholder> {class}"): one per world context, as DreamBench's
-    25 templates are one per background or attribute."""
-    from varlit.world.subjects import SUBJECT_PROMPTS
+def world_eval_templates(name: str) -> list[str]:
+    """Evaluation templates (one `{}` for "<placeholder> {class}"): one per world context the subject's photos
+    never show. Only there does a sample show the subject recomposed rather than a photo recalled; the
+    context metrics then measure exactly what the demo claims."""
+    from varlit.world.scenes import CONTEXTS
+    from varlit.world.subjects import get_subject
 
-    return list(SUBJECT_PROMPTS)
+    return [f"a photo of a {{}} {CONTEXTS[c]}" for c in get_subject(name).unseen_contexts]

@@ -32,7 +32,8 @@ class EvalConfig:
             "{root}/{run}/adapter.safetensors".
         prompts: templates with one `{}` where "<placeholder> {class}" goes (DreamBench / ARBooth style);
             default: DreamBench's 25 object or live templates, by the subject's class; for a subject of
-            varlit's world, one template per world context ("a photo of a {} on the beach", ...).
+            varlit's world, one template per world context its photos never show ("a photo of a {} in the
+            snow", ...).
         seeds: one sample per prompt and seed (the paper uses 8: 0..7).
         num_class_samples: samples of the bare class prompt "a photo of {class}" ("a photo of a {class}" for a
             world subject) for PRES and the judge's drift metrics (0 skips them).

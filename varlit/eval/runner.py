@@ -257,11 +257,11 @@ def plan_subjects(cfg: EvalConfig, data: dict[str, Any], run: RunConfig, preset:
                     subject.name,
                     subject.class_word,
                 )
-        world = world_subject_name(subject.name, subject.class_word) is not None
+        world = world_subject_name(subject.name, subject.class_word)
         if templates is not None:
             chosen = templates
         else:
-            chosen = world_eval_templates() if world else default_templates(live)
+            chosen = world_eval_templates(world) if world else default_templates(live)
         prompts = [
             make_prompt(t, subject.class_word, cfg.clip_t_text, placeholder=adapter is not None)
             for t in chosen
@@ -578,7 +578,7 @@ def build_metrics(
             "seeds": list(cfg.seeds),
             "prompts": list(cfg.prompts)
             if cfg.prompts is not None
-            else "default (world contexts for a world subject, else DreamBench object or live by class)",
+            else "default (the unseen world contexts for a world subject, else DreamBench object or live by class)",
             "num_class_samples": cfg.num_class_samples,
             "sampling": asdict(cfg.sampling),
             "batch_size": cfg.batch_size,

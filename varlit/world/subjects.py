@@ -252,14 +252,21 @@ def subject_prompts(name: str, placeholder: str = "<placeholder>", unseen_only: 
     return [f"a photo of {placeholder} {sub.cls} {CONTEXTS[c]}" for c in contexts]
 
 
+CAPTIONS_FILE = "captions.txt"
+
+
 def write_subject_folder(name: str, out: Path) -> Path:
-    """`out/<name>/00.png ...` plus `class.txt` and `prompts.txt` (atomic writes; returns the folder)."""
+    """`out/<name>/00.png ...` plus `class.txt`, `prompts.txt` and `captions.txt` (each photo's own instance
+    prompt, naming its context, for `--data.photo_captions captions.txt`); atomic writes; returns the folder."""
     from ..io import atomic_write_text, save_png
 
     sub = get_subject(name)
     folder = Path(out) / sub.name
-    for i, (_, pixels) in enumerate(subject_photos(name)):
+    captions = []
+    for i, (spec, pixels) in enumerate(subject_photos(name)):
         save_png(folder / f"{i:02d}.png", pixels)
+        captions.append(f"{i:02d}.png: a photo of a <placeholder> {{class}} {CONTEXTS[spec.context]}")
+    atomic_write_text(folder / CAPTIONS_FILE, "\n".join(captions) + "\n")
     atomic_write_text(folder / "class.txt", sub.cls + "\n")
     atomic_write_text(folder / "prompts.txt", "\n".join(subject_prompts(name)) + "\n")
     return folder
