@@ -19,6 +19,7 @@ commands:
   fit | validate          LightningCLI runs (see `varlit fit --help`); validate scores the run's last checkpoint
   sample                  generate PNGs from a preset, checkpoint and optional subject adapter
   eval                    DreamBench-style evaluation of subject adapters
+  compare                 two eval folders side by side: before/after table and picture (`varlit compare B A`)
   download                fetch a preset's released weights (`varlit download --preset infinity-2b`)
   data                    dataset helpers (`varlit data dreambench [--out data/dreambench]`)
   bench                   speed and memory benchmarks
@@ -93,6 +94,11 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
 
         return eval_main(argv)
 
+    def compare(argv: list[str]) -> object:
+        from .eval.compare import compare as compare_evals
+
+        return run_function(compare_evals, argv, "varlit compare")
+
     def pretrain(argv: list[str]) -> object:
         from .pretrain.cli import main as pretrain_main
 
@@ -109,6 +115,7 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
         "world": world,
         "sample": sample,
         "eval": evaluate,
+        "compare": compare,
         "download": download,
         "data": data,
         "bench": bench,
