@@ -408,10 +408,15 @@ def test_collector_merges_runs(sweep_dir):
     md = (sweep_dir / "summary.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]
     header = [c.strip() for c in table[0].strip("|").split("|")]
-    assert header[:7] == ["variant", "subjects", "DINO ↑", "CLIP-I ↑", "CLIP-T ↑", "PRES ↓", "DIV ↑"]
+    assert header[:7] == ["variant", "runs", "DINO ↑", "CLIP-I ↑", "CLIP-T ↑", "PRES ↓", "DIV ↑"]
     assert "trainable params" in header and "s / step" in header
+    assert not any("subject ↑" == h for h in header)  # no run has judge metrics: no judge columns
     all_row = next(line for line in table if line.startswith("| all | 2 |"))
-    assert "0.7000" in all_row and "1.00K" in all_row and "2.000" in all_row
+    # DINO 0.8 and 0.6: mean 0.7, std 0.1414, 95 % half-width t(1) 12.706 * 0.1414 / sqrt(2) = 1.271
+    assert "0.700 ± 1.271" in all_row and "1.00K" in all_row and "2.000" in all_row
+    assert float(by["all"]["dino_std"]) == pytest.approx(0.02**0.5)
+    assert float(by["all"]["dino_ci95"]) == pytest.approx(12.706 * 0.02**0.5 / 2**0.5)
+    assert by["all"]["dino_n"] == "2" and by["sa"]["dino_n"] == "1" and by["sa"]["dino_ci95"] == ""
     assert "| cat | ca |" in md and "no metrics" in md  # the per-run table: several subjects
     assert "- random backbones" in md
 

@@ -1,7 +1,9 @@
-"""A grouped bar chart drawn with PIL (the project does not depend on matplotlib).
+"""Sweep charts drawn with PIL (the project does not depend on matplotlib).
 
-One group of bars per variant, one bar per metric, a zero line, y ticks at 1/2/5 x 10^k steps and a legend.
-A missing value (None) is marked "n/a" on the baseline instead of drawn as zero.
+`bar_chart`: one group of bars per variant, one bar per metric, optional error bars (a 95 % interval), a
+zero line, y ticks at 1/2/5 x 10^k steps and a legend. A missing value (None) is marked "n/a" on the
+baseline instead of drawn as zero. `line_chart`: one panel per metric, one line per variant against the
+step, with its interval as a shaded band.
 """
 
 from __future__ import annotations
@@ -53,10 +55,13 @@ def bar_chart(
     values: Sequence[Sequence[float | None]],
     title: str,
     subtitle: str = "",
+    errors: Sequence[Sequence[float | None]] | None = None,
 ) -> Image.Image:
-    """values[g][s]: the bar of series s in group g (None: missing)."""
+    """values[g][s]: the bar of series s in group g (None: missing); errors[g][s]: its error-bar half-width."""
     if len(values) != len(groups) or any(len(v) != len(series) for v in values):
         raise ValueError(f"values must be {len(groups)} groups x {len(series)} series")
+    if errors is not None and (len(errors) != len(groups) or any(len(e) != len(series) for e in errors)):
+        raise ValueError(f"errors must be {len(groups)} groups x {len(series)} series, like values")
     if len(series) > len(COLORS):
         raise ValueError(f"at most {len(COLORS)} series, got {len(series)}")
     small, label_font, title_font = _font(12), _font(13), _font(16)
@@ -99,8 +104,84 @@ def bar_chart(
             y = y_of(v)
             if y != zero:
                 d.rectangle([bx + 1, min(y, zero), bx + BAR_W - 2, max(y, zero)], fill=COLORS[s])
+            err = errors[g][s] if errors is not None else None
+            if err:
+                # The axis follows the bars; an interval wider than the plot is cut at its edge.
+                mid, lo_y, hi_y = bx + BAR_W // 2, y_of(max(lo, v - err)), y_of(min(hi, v + err))
+                d.line([(mid, hi_y), (mid, lo_y)], fill=INK)
+                d.line([(mid - 3, hi_y), (mid + 3, hi_y)], fill=INK)
+                d.line([(mid - 3, lo_y), (mid + 3, lo_y)], fill=INK)
         cx = left + g * group_w + group_w / 2
         d.text((cx - label_font.getlength(name) / 2, top + PLOT_H + 10), name, fill=INK, font=label_font)
     d.line([(left, zero), (width - right, zero)], fill=INK)
     d.line([(left, top), (left, top + PLOT_H)], fill=INK)
+    return img
+
+
+Curve = list[tuple[float, float, float | None]]  # (step, mean, interval half-width or None)
+PANEL_W, PANEL_H = 300, 200
+
+
+def _tint(color: tuple[int, int, int], amount: float = 0.75) -> tuple[int, int, int]:
+    r, g, b = color
+    return (round(r + (255 - r) * amount), round(g + (255 - g) * amount), round(b + (255 - b) * amount))
+
+
+def line_chart(panels: Sequence[tuple[str, dict[str, Curve]]], title: str, subtitle: str = "") -> Image.Image:
+    """One panel per (name, {line name: curve}); the same line names share a colour across panels."""
+    if not panels:
+        raise ValueError("line_chart needs at least one panel")
+    names = list(dict.fromkeys(n for _, lines in panels for n in lines))
+    if len(names) > len(COLORS):
+        raise ValueError(f"at most {len(COLORS)} lines, got {len(names)}")
+    small, title_font = _font(12), _font(16)
+    left, top, gap = 56, 84, 40
+    width = left + len(panels) * (PANEL_W + gap)
+    height = top + PANEL_H + 70
+    img = Image.new("RGB", (width, height), BACKGROUND)
+    d = ImageDraw.Draw(img)
+    d.text((left, 8), title, fill=INK, font=title_font)
+    if subtitle:
+        d.text((left, 30), subtitle, fill=INK, font=small)
+    x = left
+    for i, name in enumerate(names):  # legend
+        d.rectangle([x, 54, x + 12, 66], fill=COLORS[i])
+        d.text((x + 16, 53), name, fill=INK, font=small)
+        x += int(small.getlength(name)) + 36
+    for p, (panel_name, lines) in enumerate(panels):
+        x0 = left + p * (PANEL_W + gap)
+        points = [pt for curve in lines.values() for pt in curve]
+        xs = [pt[0] for pt in points]
+        ys = [pt[1] + sign * (pt[2] or 0.0) for pt in points for sign in (-1, 1)]
+        yt = nice_ticks(min(ys), max(ys), 4)
+        x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+
+        def px(step: float, x0: int = x0, x_lo: float = x_lo, x_hi: float = x_hi) -> int:
+            return round(x0 + PANEL_W * (step - x_lo) / (x_hi - x_lo))
+
+        def py(v: float, yt: list[float] = yt) -> int:
+            return round(top + PANEL_H * (yt[-1] - v) / (yt[-1] - yt[0]))
+
+        for t in yt:
+            d.line([(x0, py(t)), (x0 + PANEL_W, py(t))], fill=GRID)
+            text = f"{t:g}"
+            d.text((x0 - 6 - small.getlength(text), py(t) - 7), text, fill=INK, font=small)
+        for i, name in enumerate(names):
+            curve = sorted(lines.get(name, []))
+            band = [pt for pt in curve if pt[2] is not None]
+            if len(band) >= 2:
+                upper = [(px(s), py(m + e)) for s, m, e in band]
+                lower = [(px(s), py(m - e)) for s, m, e in reversed(band)]
+                d.polygon(upper + lower, fill=_tint(COLORS[i]))
+        for i, name in enumerate(names):
+            curve = sorted(lines.get(name, []))
+            if len(curve) >= 2:
+                d.line([(px(s), py(m)) for s, m, _ in curve], fill=COLORS[i], width=2)
+            for s, m, _ in curve:
+                d.ellipse([px(s) - 2, py(m) - 2, px(s) + 2, py(m) + 2], fill=COLORS[i])
+        d.rectangle([x0, top, x0 + PANEL_W, top + PANEL_H], outline=INK)
+        for s in sorted(set(xs)):
+            d.text((px(s) - small.getlength(f"{s:g}") / 2, top + PANEL_H + 4), f"{s:g}", fill=INK, font=small)
+        d.text((x0, top + PANEL_H + 22), "step", fill=INK, font=small)
+        d.text((x0, top - 16), panel_name, fill=INK, font=small)
     return img

@@ -29,6 +29,14 @@ def _split_extra(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+def _flag(text: str) -> bool:
+    """`--flag=true|false` as wandb writes booleans (`--flag` alone means true)."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "1")
+
+
 def _sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", choices=list(SWEEPS), help="which ablation")
     p.add_argument("--config", action="append", required=True, help="config file(s), repeatable, in order")
@@ -39,6 +47,12 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
         help="DreamBench subjects, space/comma separated, or 'all'; none: the config's own subject",
     )
     p.add_argument("--steps", type=int, default=None, help="override trainer.max_steps")
+    p.add_argument(
+        "--seeds",
+        action="append",
+        default=[],
+        help="training seeds, space/comma separated: each run becomes ROOT/SWEEP/SUBJECT/VARIANT/seed<k>",
+    )
     p.add_argument("--root", default="runs", help="runs go to ROOT/SWEEP/SUBJECT/VARIANT (default: runs)")
     p.add_argument("--variants", action="append", default=[], help="only these variants (default: all)")
     p.add_argument("--no-eval", action="store_true", help="fit only (metrics stay missing)")
@@ -59,7 +73,18 @@ def _options(ns: argparse.Namespace, extra: list[str]):
         evaluate=not ns.no_eval,
         force=ns.force,
         dreambench_root=ns.dreambench_root,
+        seeds=parse_seeds(ns.seeds),
     )
+
+
+def parse_seeds(values: Sequence[str]) -> list[int]:
+    """'0 1 2' / '0,1,2' (repeatable) -> [0, 1, 2]; a word that is not a non-negative integer is named."""
+    seeds = []
+    for word in split_names(values):
+        if not word.isdigit():
+            raise ValueError(f"--seeds: {word!r} is not a non-negative integer")
+        seeds.append(int(word))
+    return seeds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,10 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("job", help="one (subject, variant) of a sweep (the wandb agent's command)")
     p.add_argument("sweep", choices=list(SWEEPS))
     p.add_argument("--variant", required=True)
-    p.add_argument("--subject", default="", help="DreamBench subject; empty: the config's own")
+    p.add_argument("--subject", default="", help="DreamBench (or world) subject; empty: the config's own")
     p.add_argument("--config", action="append", required=True)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="training seed: the run goes to .../seed<k>/")
     p.add_argument("--root", default="runs")
+    p.add_argument(
+        "--no-eval",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_flag,
+        help="score by the last validation (wandb passes --no-eval=true)",
+    )
     p.add_argument("--no-collect", action="store_true")
 
     p = sub.add_parser("collect", help="write summary.md/.csv/.png of sweep folder(s)")
@@ -107,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-parallel", type=int, default=None, help="SLURM array throttle (%%N)")
 
     p = sub.add_parser("wandb", help="write the wandb sweep YAML(s)")
-    p.add_argument("sweep", choices=[*SWEEPS, "all"])
+    p.add_argument("sweep", choices=[*SWEEPS, "all", "world"])
     p.add_argument("--out", default="sweeps/wandb")
     p.add_argument("--config", default=None, help="default: experiments/dreambench.yaml")
     p.add_argument("--subjects", action="append", default=[], help="default: dog")
@@ -168,9 +202,11 @@ def _job(ns: argparse.Namespace, extra: list[str]) -> int:
         root=ns.root,
         variants=[ns.variant],
         extra=extra,
+        seeds=[] if ns.seed is None else [ns.seed],
+        evaluate=not ns.no_eval,
     )
     (spec,) = plan(sweep, opts)
-    result = execute(spec)
+    result = execute(spec, evaluate=opts.evaluate)
     print(f"{spec.name}: fit {result.fit}, eval {result.eval} ({result.seconds:.1f} s)")
     if not ns.no_collect and result.fit != "failed":
         _collect([str(Path(opts.root) / sweep.name)], chart=True)
@@ -219,14 +255,23 @@ def _launch(ns: argparse.Namespace, extra: list[str]) -> int:
 def _wandb(ns: argparse.Namespace) -> int:
     from .wandb_sweep import DEFAULT_CONFIG, DEFAULT_SUBJECTS, write
 
-    names = list(SWEEPS) if ns.sweep == "all" else [ns.sweep]
-    subjects = split_names(ns.subjects) or list(DEFAULT_SUBJECTS)
+    if ns.sweep == "world":  # the three ablations on every world subject and seed, as the README ran them
+        from .wandb_sweep import world_sweeps
+
+        jobs = [
+            (sweep, ns.out if ns.out != "sweeps/wandb" else "sweeps/wandb/world", kw)
+            for sweep, kw in world_sweeps()
+        ]
+    else:
+        names = list(SWEEPS) if ns.sweep == "all" else [ns.sweep]
+        subjects = split_names(ns.subjects) or list(DEFAULT_SUBJECTS)
+        config = ns.config or DEFAULT_CONFIG
+        kw = {"config": config, "subjects": subjects, "root": ns.root, "steps": ns.steps}
+        jobs = [(get_sweep(name), ns.out, kw) for name in names]
     status = 0
-    for name in names:
+    for sweep, out, kw in jobs:
         try:
-            path, what = write(
-                get_sweep(name), ns.out, ns.config or DEFAULT_CONFIG, subjects, ns.root, ns.steps, ns.force
-            )
+            path, what = write(sweep, out, force=ns.force, **kw)
         except FileExistsError as err:
             print(f"wandb: not written: {err}", file=sys.stderr)
             status = 1

@@ -6,7 +6,10 @@ config happens to say about them (e.g. the layer variants null `freeze.trainable
 
 - `{run_dir}`: the run's folder (a prior bank kept next to the run that built it);
 - `{scale_ramp}`: an explicit per-scale weight list as long as the run's schedule (13 scales for the 2B at
-  1M, 7 for the tiny preset), falling linearly from 1.0 at the coarsest scale to 0.25 at the finest.
+  1M, 7 for the tiny preset), falling linearly from 1.0 at the coarsest scale to 0.25 at the finest;
+- `{num_coarse}`: ARBooth's "coarse" scale count carried over to the run's schedule: the release weights
+  the first 8 of the 2B's 13 scales fully, so a schedule of n scales gets round(8 n / 13) (3 of the world's
+  5, 4 of tiny's 7). A fixed 8 would make the world's `arbooth` arm identical to `uniform`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-PLACEHOLDERS: tuple[str, ...] = ("{run_dir}", "{scale_ramp}")
+PLACEHOLDERS: tuple[str, ...] = ("{run_dir}", "{scale_ramp}", "{num_coarse}")
+ARBOOTH_COARSE, ARBOOTH_SCALES = 8, 13  # the released weights: first 8 of the 2B's 13 scales at 1.0
 RAMP_FIRST, RAMP_LAST = 1.0, 0.25
 
 
@@ -71,6 +75,13 @@ def scale_ramp(num_scales: int) -> str:
         return f"[{RAMP_FIRST}]"
     step = (RAMP_FIRST - RAMP_LAST) / (num_scales - 1)
     return "[" + ", ".join(f"{RAMP_FIRST - i * step:.4g}" for i in range(num_scales)) + "]"
+
+
+def num_coarse(num_scales: int) -> int:
+    """The `{num_coarse}` value: ARBooth's 8-of-13 coarse share of a schedule of `num_scales` scales."""
+    if num_scales < 1:
+        raise ValueError(f"a schedule needs at least one scale, got {num_scales}")
+    return max(1, round(ARBOOTH_COARSE * num_scales / ARBOOTH_SCALES))
 
 
 def _layers(name: str, preset: str, note: str) -> Variant:
@@ -140,8 +151,8 @@ SWEEPS: dict[str, Sweep] = {
                 _scales(
                     "arbooth",
                     "arbooth",
-                    "first 8 scales 1.0, the rest 0.5 (released code)",
-                    "--model.scale_weights.num_coarse=8",
+                    "first 8 of 13 scales 1.0 (the same share of shorter schedules), the rest 0.5 (release)",
+                    "--model.scale_weights.num_coarse={num_coarse}",
                     "--model.scale_weights.coarse=1.0",
                     "--model.scale_weights.fine=0.5",
                 ),

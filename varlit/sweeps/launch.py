@@ -49,6 +49,8 @@ def jobs_for(sweep: Sweep, opts: SweepOptions, per: str = "subject") -> list[Job
     common = [a for c in opts.configs for a in ("--config", str(c))] + ["--root", str(opts.root)]
     if opts.steps is not None:
         common += ["--steps", str(opts.steps)]
+    if opts.seeds:
+        common += ["--seeds", ",".join(map(str, opts.seeds))]
     if not opts.evaluate:
         common.append("--no-eval")
     if opts.force:
@@ -58,7 +60,7 @@ def jobs_for(sweep: Sweep, opts: SweepOptions, per: str = "subject") -> list[Job
     tail = ["--no-collect", *(["--", *opts.extra] if opts.extra else [])]
     jobs = []
     for s in subjects:
-        pick = ["--subjects", s.label] if s.dreambench else []
+        pick = ["--subjects", s.chosen] if s.chosen else []
         if per == "subject":
             only = ["--variants", ",".join(variants)] if opts.variants else []
             jobs.append(Job(s.label, ("run", sweep.name, *common, *pick, *only, *tail)))
@@ -163,6 +165,8 @@ def run_local(
             while pending and free:
                 job, slot = pending.pop(0), free.pop(0)
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": slot}
+                if not slot and "VARLIT_THREADS" not in os.environ:  # CPU slots share the cores evenly
+                    env["VARLIT_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(slots)))
                 fh = open(log_dir / f"{job.name}.log", "w")  # closed when the job ends
                 proc = subprocess.Popen(make(job), stdout=fh, stderr=subprocess.STDOUT, env=env)
                 running[proc] = (job, slot, fh)

@@ -27,7 +27,7 @@ from typing import Any
 
 from varlit.io import atomic_write_json
 
-from .definitions import Sweep, Variant, scale_ramp
+from .definitions import Sweep, Variant, num_coarse, scale_ramp
 from .subjects import SubjectChoice, num_scales, read_config_values, resolve_subjects
 
 SUMMARY = "summary.json"
@@ -52,14 +52,15 @@ class RunSpec:
     fit_args: tuple[str, ...]
     eval_args: tuple[str, ...]
     wandb_project: str | None = None  # where the evaluation is logged (None: not logged)
+    seed: int | None = None  # None: the config's seed, folder without a seed level
 
     @property
     def name(self) -> str:
-        return f"{self.sweep}/{self.subject.label}/{self.variant.name}"
+        return run_name(self.sweep, self.subject.label, self.variant.name, self.seed)
 
     @property
     def dir(self) -> Path:
-        return self.root / self.sweep / self.subject.label / self.variant.name
+        return self.root / self.name
 
     @property
     def metrics_path(self) -> Path:
@@ -88,6 +89,22 @@ class SweepOptions:
     evaluate: bool = True
     force: bool = False
     dreambench_root: str | None = None
+    seeds: list[int] = field(default_factory=list)  # empty: one run per subject x variant, the config's seed
+
+
+def run_name(sweep: str, subject: str, variant: str, seed: int | None) -> str:
+    """`<sweep>/<subject>/<variant>`, plus `/seed<k>` for a seeded run (the collector reads both)."""
+    base = f"{sweep}/{subject}/{variant}"
+    return base if seed is None else f"{base}/seed{seed}"
+
+
+def seed_overrides(seed: int | None) -> list[str]:
+    """A seeded run varies every source of training randomness: Lightning's global seed, the module's
+    per-step seed (flips, teacher samples, dropout) and the data module's batch order. Evaluation keeps
+    its own sampling seeds, so every run is scored on the same draws."""
+    if seed is None:
+        return []
+    return [f"--seed_everything={seed}", f"--model.seed={seed}", f"--data.seed={seed}"]
 
 
 # Which command an extra `--key=value` goes to, by the key's first part; unlisted keys go to both.
@@ -132,49 +149,50 @@ def plan(sweep: Sweep, opts: SweepOptions) -> list[RunSpec]:
         raise ValueError("a sweep needs at least one --config file")
     if opts.steps is not None and opts.steps < 1:
         raise ValueError(f"steps must be at least 1, got {opts.steps}")
+    if len(set(opts.seeds)) != len(opts.seeds) or any(k < 0 for k in opts.seeds):
+        raise ValueError(f"seeds must be distinct non-negative integers, got {opts.seeds}")
     values = read_config_values(opts.configs, opts.extra)
     fit_extra, eval_extra = split_extra(opts.extra)
     where = " + ".join(str(c) for c in opts.configs)
     subjects = resolve_subjects(opts.subjects, values, where, opts.dreambench_root)
     variants = [sweep.variant(n) for n in opts.variants] if opts.variants else list(sweep.variants)
     root = Path(opts.root)
-    ramp: str | None = None
     project = (
         str(values.get("run.project") or "varlit") if values.get("run.wandb", True) is not False else None
     )
     specs = []
-    for subject in subjects:
-        for variant in variants:
-            run_name = f"{sweep.name}/{subject.label}/{variant.name}"
-            run_dir = root / run_name
-            fill = {"{run_dir}": str(run_dir)}
-            if variant.uses("{scale_ramp}"):
-                if ramp is None:
-                    ramp = scale_ramp(num_scales({**values, **read_config_values([], subject.overrides)}))
-                fill["{scale_ramp}"] = ramp
-            configs = [a for c in opts.configs for a in ("--config", str(c))]
-            naming = [f"--run.name={run_name}", f"--run.root={root}"]
-            fit = [
-                "fit",
-                *configs,
-                *naming,
-                f"--run.group={sweep.name}",
-                f"--run.tags={json.dumps([variant.name])}",
-                f"--run.job_type={JOB_TYPE}",
-                *subject.overrides,
-                *([f"--trainer.max_steps={opts.steps}"] if opts.steps is not None else []),
-                *variant.render(fill),
-                *fit_extra,
-            ]
-            evaluate = [
-                "eval",
-                *configs,
-                *naming,
-                *subject.overrides,
-                *eval_extra,
-                f"--out={run_dir / EVAL_DIR}",
-            ]
-            specs.append(RunSpec(sweep.name, subject, variant, root, tuple(fit), tuple(evaluate), project))
+    seeds: list[int | None] = list(opts.seeds) or [None]
+    for subject, variant, seed in ((s, v, k) for s in subjects for v in variants for k in seeds):
+        name = run_name(sweep.name, subject.label, variant.name, seed)
+        run_dir = root / name
+        fill = {"{run_dir}": str(run_dir)}
+        if variant.uses("{scale_ramp}") or variant.uses("{num_coarse}"):
+            n = num_scales({**values, **read_config_values([], subject.overrides)})
+            fill["{scale_ramp}"], fill["{num_coarse}"] = scale_ramp(n), str(num_coarse(n))
+        configs = [a for c in opts.configs for a in ("--config", str(c))]
+        naming = [f"--run.name={name}", f"--run.root={root}"]
+        fit = [
+            "fit",
+            *configs,
+            *naming,
+            f"--run.group={sweep.name}",
+            f"--run.tags={json.dumps([variant.name])}",
+            f"--run.job_type={JOB_TYPE}",
+            *subject.overrides,
+            *([f"--trainer.max_steps={opts.steps}"] if opts.steps is not None else []),
+            *variant.render(fill),
+            *seed_overrides(seed),
+            *fit_extra,
+        ]
+        evaluate = [
+            "eval",
+            *configs,
+            *naming,
+            *subject.overrides,
+            *eval_extra,
+            f"--out={run_dir / EVAL_DIR}",
+        ]
+        specs.append(RunSpec(sweep.name, subject, variant, root, tuple(fit), tuple(evaluate), project, seed))
     return specs
 
 

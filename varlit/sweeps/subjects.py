@@ -8,6 +8,10 @@ Subjects: an empty list means "the config's own subject" (`data.subject`, or the
 `data.subject_dir`), which is how `CONFIG=experiments/tiny.yaml` works. Named subjects are DreamBench
 subjects; choosing one replaces whatever subject the config names (`data.subject_dir` and `data.class_word`
 are cleared so the DreamBench class word applies). `all` expands to every DreamBench subject.
+
+World subjects (`varlit.world`): when the config trains a world subject (`data.subject: world:<name>`), names
+are world subject names (`polka_ball`, or `world:polka_ball`) and `all` expands to the eight of them; a
+`world:<name>` is accepted with any config. Their run folders are labelled by the bare name.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ DREAMBENCH_SUBJECTS: tuple[str, ...] = (
     "vase",
     "wolf_plushie",
 )
+WORLD_PREFIX = "world:"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -65,6 +70,12 @@ class SubjectChoice:
     label: str
     overrides: tuple[str, ...] = ()
     dreambench: str | None = None
+    world: str | None = None  # the world subject's name when the subject was chosen by name
+
+    @property
+    def chosen(self) -> str | None:
+        """What `--subjects` must say to pick this subject again (None: the config's own)."""
+        return self.dreambench or (f"{WORLD_PREFIX}{self.world}" if self.world else None)
 
 
 def check_name(name: str, what: str) -> str:
@@ -148,6 +159,8 @@ def _merge(values: dict[str, Any], new: dict[str, Any]) -> None:
 def config_subject(values: dict[str, Any], where: str) -> SubjectChoice:
     """The subject a config trains on when the sweep names none."""
     subject, folder = values.get("data.subject"), values.get("data.subject_dir")
+    if subject and str(subject).startswith(WORLD_PREFIX):
+        return SubjectChoice(check_name(str(subject)[len(WORLD_PREFIX) :].strip(), f"{where}: data.subject"))
     if subject:
         return SubjectChoice(check_name(str(subject), f"{where}: data.subject"))
     if folder:
@@ -173,14 +186,22 @@ def dreambench_subjects(root: str | os.PathLike | None = None) -> list[str]:
 def resolve_subjects(
     names: Sequence[str], values: dict[str, Any], where: str, dreambench_root: str | None = None
 ) -> list[SubjectChoice]:
-    """The sweep's subjects: [] -> the config's own; 'all' -> every DreamBench subject; else DreamBench names."""
+    """The sweep's subjects: [] -> the config's own; 'all' -> every DreamBench subject (every world subject
+    for a world config); else DreamBench names (world names for a world config, or `world:<name>`)."""
     if not names:
         return [config_subject(values, where)]
+    world_config = str(values.get("data.subject") or "").startswith(WORLD_PREFIX)
     expanded: list[str] = []
     for n in names:
-        expanded.extend(dreambench_subjects(dreambench_root) if n == "all" else [n])
+        if n == "all":
+            expanded.extend(world_subject_names() if world_config else dreambench_subjects(dreambench_root))
+        else:
+            expanded.append(n)
     out: list[SubjectChoice] = []
     for n in dict.fromkeys(expanded):
+        if n.startswith(WORLD_PREFIX) or world_config:
+            out.append(world_choice(n[len(WORLD_PREFIX) :] if n.startswith(WORLD_PREFIX) else n))
+            continue
         check_name(n, "subject")
         out.append(
             SubjectChoice(
@@ -190,6 +211,24 @@ def resolve_subjects(
             )
         )
     return out
+
+
+def world_subject_names() -> list[str]:
+    from varlit.world.subjects import SUBJECT_NAMES
+
+    return list(SUBJECT_NAMES)
+
+
+def world_choice(name: str) -> SubjectChoice:
+    """A world subject by name; an unknown name lists the world's subjects."""
+    names = world_subject_names()
+    if name not in names:
+        raise ValueError(f"subject {name!r}: not a world subject; choose from {', '.join(names)} or 'all'")
+    return SubjectChoice(
+        name,
+        (f"--data.subject={WORLD_PREFIX}{name}", "--data.subject_dir=null", "--data.class_word=null"),
+        world=name,
+    )
 
 
 def split_names(text: str | Sequence[str] | None) -> list[str]:
