@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format demo clean bench dreambench world
+.PHONY: help install test test-all lint format demo demo-tiny demo-world-samples clean bench dreambench world
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -40,24 +40,34 @@ clean: ## remove caches and run outputs (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache
 
 DEMO_DIR ?= runs/demo
-DEMO_PROMPTS ?= '["a photo of <placeholder> toy on the beach", "a photo of <placeholder> toy in the snow"]'
+DEMO_SUBJECT ?= twotone_cup
+DEMO_RUN := runs/world-demo
 
 WORLD_PROMPTS ?= '["a photo of a red ball on the beach", "a photo of a blue house in the snow", "a photo of a yellow star at night", "a photo of a green tree in the desert"]'
 
-demo: install ## the shipped world model draws prompts; then the tuning loop (fit, sample, eval) on tiny (CPU, offline)
-	$(BIN)/varlit sample --preset world --prompts $(WORLD_PROMPTS) --seeds '[0, 1]' --out_dir $(DEMO_DIR)/world
-	$(BIN)/varlit fit --config experiments/tiny.yaml --run.overwrite true
-	$(BIN)/varlit sample --adapter runs/tiny/adapter.safetensors --prompts $(DEMO_PROMPTS) \
-		--seeds '[0, 1]' --out_dir $(DEMO_DIR)/samples
-	$(BIN)/varlit eval --config experiments/tiny.yaml --out $(DEMO_DIR)/eval
+demo: install ## tune a world subject on CPU (fit, eval base and tuned, compare): a before/after table and picture
+	$(BIN)/varlit fit --config experiments/world.yaml --data.subject world:$(DEMO_SUBJECT) \
+		--run.name world-demo --run.overwrite true
+	$(BIN)/varlit eval --config experiments/world.yaml --data.subject world:$(DEMO_SUBJECT) \
+		--eval.adapters base --out $(DEMO_RUN)/eval-base
+	$(BIN)/varlit eval --config experiments/world.yaml --data.subject world:$(DEMO_SUBJECT) \
+		--run.name world-demo --out $(DEMO_RUN)/eval
+	$(BIN)/varlit compare --before $(DEMO_RUN)/eval-base --after $(DEMO_RUN)/eval --out $(DEMO_RUN)
 	@echo ""
-	@echo "demo done"
-	@echo "  world samples:   $(DEMO_DIR)/world/ (the shipped, pretrained world model; README 'The world')"
-	@echo "  tuning loop on the random-initialised tiny model (its pictures are noise, its numbers not results):"
-	@echo "  training grids:  runs/tiny/samples/"
-	@echo "  adapter:         runs/tiny/adapter.safetensors"
-	@echo "  samples:         $(DEMO_DIR)/samples/"
-	@echo "  metrics:         $(DEMO_DIR)/eval/metrics.md (and metrics.json, metrics.csv, grids/)"
+	@echo "demo done: subject world:$(DEMO_SUBJECT) (photos: varlit/world/subject_photos/$(DEMO_SUBJECT)/)"
+	@echo "  before/after table:   $(DEMO_RUN)/compare.md"
+	@echo "  side-by-side picture: $(DEMO_RUN)/compare.png"
+	@echo "  adapter:              $(DEMO_RUN)/adapter.safetensors"
+	@echo "  validation curves:    $(DEMO_RUN)/csv/metrics.csv (val/judge_*), grids in $(DEMO_RUN)/samples/"
+
+demo-tiny: install ## the tuning loop on the random-initialised tiny model (exercises code paths; not results)
+	$(BIN)/varlit fit --config experiments/tiny.yaml --run.overwrite true
+	$(BIN)/varlit sample --adapter runs/tiny/adapter.safetensors \
+		--prompts '["a photo of <placeholder> toy on the beach"]' --seeds '[0, 1]' --out_dir $(DEMO_DIR)/samples
+	$(BIN)/varlit eval --config experiments/tiny.yaml --out $(DEMO_DIR)/eval
+
+demo-world-samples: install ## the shipped world model draws a few prompts (no tuning)
+	$(BIN)/varlit sample --preset world --prompts $(WORLD_PROMPTS) --seeds '[0, 1]' --out_dir $(DEMO_DIR)/world
 
 world: install ## rebuild the `world` preset from scratch on CPU (T5, VAE, transformer, judge; RESUME=1 continues)
 	RESUME=$(or $(RESUME),0) VARLIT=$(BIN)/varlit bash experiments/world/build.sh
@@ -68,18 +78,30 @@ bench: install ## speed and memory benchmarks on random weights (tiny on CPU; se
 dreambench: install ## download DreamBench (google/dreambooth) into DIR (default data/dreambench)
 	$(BIN)/varlit data dreambench --out $(or $(DIR),data/dreambench)
 # ---- ablation sweeps (python -m varlit.sweeps; README "Ablation sweeps") ------------------------------
-# CONFIG: the experiment config; SUBJECTS: DreamBench names ("dog cat", or "all"), empty = the config's own
-# subject (dog for dreambench.yaml, the bundled toy for tiny.yaml); STEPS: trainer.max_steps (empty = the
-# config's); ROOT: runs go to $(ROOT)/<sweep>/<subject>/<variant>/; ARGS: passed to every fit/eval, e.g.
-# ARGS='--data.cache_dir=/fast/cache --eval.seeds=[0,1]'.
-CONFIG ?= experiments/dreambench.yaml
+# CONFIG: the experiment config (default: the world); SUBJECTS: subject names ("dog cat", or "all": every
+# DreamBench subject, or every world subject for a world config), empty = the config's own subject;
+# SEEDS: training seeds ("0 1 2"), one run per seed in <variant>/seed<k>/, summaries give mean and 95 %
+# interval; VARIANTS: only these arms (empty = all); STEPS: trainer.max_steps (empty = the config's);
+# JOBS: runs in parallel (CPU: one thread each); EVAL=0 scores runs by their last validation instead of a
+# `varlit eval` (one process start less per run); ROOT: runs go to $(ROOT)/<sweep>/<subject>/<variant>/;
+# ARGS: passed to every fit/eval, e.g. ARGS='--data.cache_dir=/fast/cache --eval.seeds=[0,1]'; {run_dir}
+# in a fit argument becomes the run's folder (ARGS='--model.prior.source=bank
+# --model.prior.bank.root={run_dir}/prior_bank' gives every run its own prior bank).
+CONFIG ?= experiments/world.yaml
 SUBJECTS ?=
+SEEDS ?=
+VARIANTS ?=
 STEPS ?=
+JOBS ?= 1
+EVAL ?= 1
 ROOT ?= runs
 ARGS ?=
-sweep_run = $(BIN)/python -m varlit.sweeps run $(1) --config $(CONFIG) --root $(ROOT) \
-	$(if $(strip $(SUBJECTS)),--subjects "$(SUBJECTS)") $(if $(strip $(STEPS)),--steps $(STEPS)) \
+sweep_opts = --config $(CONFIG) --root $(ROOT) $(if $(strip $(SUBJECTS)),--subjects "$(SUBJECTS)") \
+	$(if $(strip $(SEEDS)),--seeds "$(SEEDS)") $(if $(strip $(VARIANTS)),--variants "$(VARIANTS)") \
+	$(if $(strip $(STEPS)),--steps $(STEPS)) $(if $(filter 0,$(EVAL)),--no-eval) \
 	$(if $(strip $(ARGS)),-- $(ARGS))
+sweep_run = $(if $(filter 1,$(JOBS)),$(BIN)/python -m varlit.sweeps run $(1) $(sweep_opts),\
+	$(BIN)/python -m varlit.sweeps launch $(1) --gpus cpu:$(JOBS) --per run $(sweep_opts))
 
 .PHONY: ablate-layers ablate-scales ablate-distill ablate-adapter ablate-all
 
@@ -94,5 +116,8 @@ ablate-distill: install ## prior distillation (none, soft 0.1/0.5/1, hard, bank)
 
 ablate-adapter: install ## full CA+FFN vs LoRA r4/r16/r64 (peft) -> $(ROOT)/ablate-adapter/summary.*
 	$(call sweep_run,ablate-adapter)
+
+ablate-steps: install ## tuning steps against fidelity and drift: ablate-distill's none / soft-0.5 arms validated every CURVE_EVERY steps -> $(ROOT)/ablate-distill/curve.*
+	$(MAKE) ablate-distill VARIANTS="none soft-0.5" ARGS="--trainer.val_check_interval=$(or $(CURVE_EVERY),25) $(ARGS)"
 
 ablate-all: ablate-layers ablate-scales ablate-distill ## the three ablations in turn

@@ -190,6 +190,21 @@ def test_world_sweeps_plan_seeded_runs_on_every_world_subject(tmp_path):
     assert "--model.scale_weights.num_coarse=3" in fit  # 8 of 13 scales -> 3 of the world's 5
     assert {"--seed_everything=2", "--model.seed=2", "--data.seed=2"} <= set(fit)
     assert "--run.name=ablate-scales/polka_ball/arbooth/seed2" in fit
+    (bank,) = plan(
+        get_sweep("ablate-layers"),
+        SweepOptions(
+            configs=[WORLD],
+            subjects=["candy_ring"],
+            seeds=[1],
+            variants=["all"],
+            root=str(tmp_path),
+            extra=["--model.prior.source=bank", "--model.prior.bank.root={run_dir}/prior_bank"],
+        ),
+    )
+    assert (
+        bank.fit_args[-1]
+        == f"--model.prior.bank.root={tmp_path}/ablate-layers/candy_ring/all/seed1/prior_bank"
+    )
     with pytest.raises(ValueError, match="distinct non-negative"):
         plan(get_sweep("ablate-scales"), SweepOptions(configs=[WORLD], seeds=[1, 1]))
 
@@ -209,7 +224,7 @@ def test_world_wandb_yaml_runs_the_make_grid(name, monkeypatch):
     cfg = yaml.safe_load(path.read_text())
     params = cfg["parameters"]
     assert params["subject"]["values"] == list(SUBJECT_NAMES) and params["seed"]["values"] == [0, 1, 2]
-    variants, extra = WORLD_GRID[name]
+    variants, extra, steps = WORLD_GRID[name]
     assert params["variant"]["values"] == list(variants)
     # What `wandb agent` runs for one grid point: --key=value for every parameter, then the fixed tail.
     point = {k: v.get("value") for k, v in params.items()} | {
@@ -225,7 +240,9 @@ def test_world_wandb_yaml_runs_the_make_grid(name, monkeypatch):
     own, tail = sweeps_cli._split_extra(argv)
     ns = sweeps_cli.build_parser().parse_args(own)
     assert ns.no_eval is True and ns.seed == 2 and tail == list(extra)
+    assert ns.steps == steps
     job = SweepOptions(
+        steps=ns.steps,
         configs=ns.config,
         subjects=[ns.subject],
         root=ns.root,
@@ -235,6 +252,7 @@ def test_world_wandb_yaml_runs_the_make_grid(name, monkeypatch):
         evaluate=not ns.no_eval,
     )
     make = SweepOptions(
+        steps=steps,
         configs=["experiments/world.yaml"],
         subjects=["all"],
         seeds=[0, 1, 2],

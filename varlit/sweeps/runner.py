@@ -182,7 +182,7 @@ def plan(sweep: Sweep, opts: SweepOptions) -> list[RunSpec]:
             *([f"--trainer.max_steps={opts.steps}"] if opts.steps is not None else []),
             *variant.render(fill),
             *seed_overrides(seed),
-            *fit_extra,
+            *(a.replace("{run_dir}", str(run_dir)) for a in fit_extra),
         ]
         evaluate = [
             "eval",
