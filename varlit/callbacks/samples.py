@@ -1,6 +1,7 @@
 """Sample grids: the validation images (fixed prompts and seed) as one PNG per validation, on disk and in
 the logger, each tile captioned with its prompt and seed. Rows are prompts, so runs and steps compare at a
-glance."""
+glance. The subject's photos come first (their own rows, captioned "subject photo"): what the samples
+should look like sits beside what they look like, in the PNG and in wandb (`side_by_side`)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,15 @@ class SampleGrid(pl.Callback):
         prompts = [p for o in outputs for p in o["prompts"]]
         seed = getattr(pl_module, "val_seed", None)
         captions = [p if seed is None else f"{p} | seed {seed}" for p in prompts]
-        grid = make_grid(images, self.ncols, captions)
+        photos = self._photos(trainer, images.shape[-2:])
+        if photos is not None:
+            pad = -len(photos) % self.ncols  # the samples start on a row of their own
+            blank = torch.ones(pad, *images.shape[1:])
+            images_grid = torch.cat([photos, blank, images])
+            captions = ["subject photo"] * len(photos) + [""] * pad + captions
+        else:
+            images_grid = images
+        grid = make_grid(images_grid, self.ncols, captions)
         path = run_dir(trainer) / "samples" / f"step{trainer.global_step:06d}.png"
         self.last_path = save_png(path, grid)
         run = wandb_run(trainer)
@@ -70,6 +79,20 @@ class SampleGrid(pl.Callback):
                         wandb.Image(to_uint8(im[None])[0].numpy(), caption=p)
                         for im, p in zip(images, prompts)
                     ],
+                    "side_by_side": wandb.Image(grid.numpy(), caption="subject photos, then the samples"),
                     "trainer/global_step": trainer.global_step,
                 }
             )
+
+    @staticmethod
+    def _photos(trainer: pl.Trainer, size: torch.Size) -> torch.Tensor | None:
+        """The un-augmented subject photos at the samples' size, [N, 3, H, W] in [-1, 1] (None without a
+        subject data module)."""
+        dm = getattr(trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "reference_pixels"):
+            return None
+        refs = [r.float().cpu() for r in dm.reference_pixels()]
+        if not refs:
+            return None
+        resized = [torch.nn.functional.interpolate(r[None], size=tuple(size), mode="area")[0] for r in refs]
+        return torch.stack(resized)
