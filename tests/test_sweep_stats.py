@@ -263,3 +263,21 @@ def test_world_wandb_yaml_runs_the_make_grid(name, monkeypatch):
     (spec,) = plan(get_sweep(name), job)
     same = {s.name: s for s in plan(get_sweep(name), make)}[spec.name]
     assert spec.fit_args == same.fit_args and spec.dir.name == "seed2"
+
+
+def test_paired_differences_use_only_runs_both_arms_have(seeded_sweep):
+    from varlit.sweeps.collect import paired_differences
+
+    rows = find_runs(seeded_sweep)
+    (diff,) = paired_differences(rows, ["none", "soft-0.5"], ["judge_subject_rate"])
+    # soft-0.5 minus none, per (subject, seed); b/soft-0.5/seed2 has no metrics and drops out.
+    deltas = [0.5 - 0.2, 0.5 - 0.4, 0.6 - 0.3, 0.9 - 0.6, 0.8 - 0.5]
+    sp = diff["judge_subject_rate"]
+    assert diff["pairs"] == 6 and sp.n == 5
+    assert sp.mean == pytest.approx(statistics.mean(deltas))
+    assert sp.ci95 == pytest.approx(2.776 * statistics.stdev(deltas) / math.sqrt(5))
+    collect(seeded_sweep)
+    md = (seeded_sweep / "summary.md").read_text()
+    assert "## Paired differences against `none`" in md
+    assert f"| soft-0.5 | 6 | {statistics.mean(deltas):+.3f} ± {sp.ci95:.3f} |" in md
+    assert paired_differences(rows, ["none"], ["judge_subject_rate"]) == []

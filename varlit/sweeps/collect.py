@@ -411,6 +411,21 @@ def render_markdown(sweep_name: str, rows: Sequence[RunRow], table: Sequence[dic
             for r in rows
         ]
         lines += _md_table(header, body)
+    diffs = paired_differences(rows, [e["variant"] for e in table], metrics)
+    if diffs:
+        ref = table[0]["variant"]
+        lines += [
+            "",
+            f"## Paired differences against `{ref}`",
+            "",
+            f"Per (subject, seed) run present in both arms: the arm's value minus `{ref}`'s, mean ± the "
+            "half-width of its 95 % interval. An interval that contains 0 means the difference is within "
+            "the noise of these runs.",
+            "",
+        ]
+        header = ["variant", "pairs", *[LABELS[m] for m in metrics]]
+        body = [[d["variant"], str(d["pairs"]), *[_fmt_diff(d.get(m)) for m in metrics]] for d in diffs]
+        lines += _md_table(header, body)
     notes = list(dict.fromkeys(n for r in rows for n in r.notes))
     if notes:
         lines += ["", "Notes from the evaluations:", "", *[f"- {n}" for n in notes]]
@@ -430,6 +445,44 @@ def render_markdown(sweep_name: str, rows: Sequence[RunRow], table: Sequence[dic
         ]
     lines += ["Time per step excludes the first step.", ""]
     return "\n".join(lines)
+
+
+def paired_differences(
+    rows: Sequence[RunRow], variants: Sequence[str], metrics: Sequence[str]
+) -> list[dict[str, Any]]:
+    """For every variant after the first: per metric, the Spread of (variant - first variant) over the
+    (subject, seed) pairs both have. Pairing removes the subject-to-subject spread that the per-arm
+    intervals carry, so smaller differences stand out of the noise."""
+    if len(variants) < 2:
+        return []
+    by = {(r.variant, r.subject, r.seed): r for r in rows}
+    out = []
+    for variant in variants[1:]:
+        keys = [
+            (r.subject, r.seed)
+            for r in rows
+            if r.variant == variant and (variants[0], r.subject, r.seed) in by
+        ]
+        if not keys:
+            continue
+        entry: dict[str, Any] = {"variant": variant, "pairs": len(keys)}
+        for m in metrics:
+            deltas = []
+            for subject, seed in keys:
+                a, b = (
+                    by[(variant, subject, seed)].values.get(m),
+                    by[(variants[0], subject, seed)].values.get(m),
+                )
+                deltas.append(None if a is None or b is None else a - b)
+            entry[m] = Spread.of(deltas)
+        out.append(entry)
+    return out
+
+
+def _fmt_diff(sp: Spread | None) -> str:
+    if sp is None or sp.mean is None:
+        return "–"
+    return f"{sp.mean:+.3f} ± {sp.ci95:.3f}" if sp.ci95 is not None else f"{sp.mean:+.3f}"
 
 
 def _fmt_size(n: float | None) -> str:
