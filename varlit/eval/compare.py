@@ -151,7 +151,7 @@ def side_by_side(
         if a and b:
             gap = np.full_like(_load(a[0]), 255)
             rows.append([*map(_load, b), gap, *map(_load, a)])
-            labels.append(f"{s_after.get('class_prompt', 'class prompt')} (no subject: drift)")
+            labels.append(f"bare class prompt (drift): {s_after.get('class_prompt', '')}")
             captions.append(["before"] * len(b) + [""] + ["after"] * len(a))
     if not rows:
         raise ValueError(f"{before_dir} and {after_dir} share no subject with samples to show")

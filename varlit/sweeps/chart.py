@@ -135,7 +135,7 @@ def line_chart(panels: Sequence[tuple[str, dict[str, Curve]]], title: str, subti
     if len(names) > len(COLORS):
         raise ValueError(f"at most {len(COLORS)} lines, got {len(names)}")
     small, title_font = _font(12), _font(16)
-    left, top, gap = 56, 84, 40
+    left, top, gap = 56, 100, 40
     width = left + len(panels) * (PANEL_W + gap)
     height = top + PANEL_H + 70
     img = Image.new("RGB", (width, height), BACKGROUND)
