@@ -49,6 +49,19 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
     return [round(i * step, 12) for i in range(start, stop + 1)]
 
 
+def _heading(d: ImageDraw.ImageDraw, left: int, title: str, subtitle: str, names: Sequence[str]) -> None:
+    """Title, optional subtitle and a colour legend (one swatch per name, in COLORS order)."""
+    small = _font(12)
+    d.text((left, 8), title, fill=INK, font=_font(16))
+    if subtitle:
+        d.text((left, 30), subtitle, fill=INK, font=small)
+    x = left
+    for i, name in enumerate(names):
+        d.rectangle([x, 54, x + 12, 66], fill=COLORS[i])
+        d.text((x + 16, 53), name, fill=INK, font=small)
+        x += int(small.getlength(name)) + 36
+
+
 def bar_chart(
     groups: Sequence[str],
     series: Sequence[str],
@@ -64,7 +77,7 @@ def bar_chart(
         raise ValueError(f"errors must be {len(groups)} groups x {len(series)} series, like values")
     if len(series) > len(COLORS):
         raise ValueError(f"at most {len(COLORS)} series, got {len(series)}")
-    small, label_font, title_font = _font(12), _font(13), _font(16)
+    small, label_font = _font(12), _font(13)
     have = [v for row in values for v in row if v is not None]
     ticks = nice_ticks(min([0.0, *have]), max([0.0, *have]) if have else 1.0)
     lo, hi = ticks[0], ticks[-1]
@@ -80,14 +93,7 @@ def bar_chart(
     def y_of(v: float) -> int:
         return round(top + PLOT_H * (hi - v) / (hi - lo))
 
-    d.text((left, 8), title, fill=INK, font=title_font)
-    if subtitle:
-        d.text((left, 30), subtitle, fill=INK, font=small)
-    x = left
-    for s, name in enumerate(series):  # legend
-        d.rectangle([x, 54, x + 12, 66], fill=COLORS[s])
-        d.text((x + 16, 53), name, fill=INK, font=small)
-        x += int(small.getlength(name)) + 36
+    _heading(d, left, title, subtitle, series)
     for t in ticks:
         y = y_of(t)
         d.line([(left, y), (width - right, y)], fill=GRID)
@@ -134,20 +140,13 @@ def line_chart(panels: Sequence[tuple[str, dict[str, Curve]]], title: str, subti
     names = list(dict.fromkeys(n for _, lines in panels for n in lines))
     if len(names) > len(COLORS):
         raise ValueError(f"at most {len(COLORS)} lines, got {len(names)}")
-    small, title_font = _font(12), _font(16)
+    small = _font(12)
     left, top, gap = 56, 100, 40
     width = left + len(panels) * (PANEL_W + gap)
     height = top + PANEL_H + 70
     img = Image.new("RGB", (width, height), BACKGROUND)
     d = ImageDraw.Draw(img)
-    d.text((left, 8), title, fill=INK, font=title_font)
-    if subtitle:
-        d.text((left, 30), subtitle, fill=INK, font=small)
-    x = left
-    for i, name in enumerate(names):  # legend
-        d.rectangle([x, 54, x + 12, 66], fill=COLORS[i])
-        d.text((x + 16, 53), name, fill=INK, font=small)
-        x += int(small.getlength(name)) + 36
+    _heading(d, left, title, subtitle, names)
     for p, (panel_name, lines) in enumerate(panels):
         x0 = left + p * (PANEL_W + gap)
         points = [pt for curve in lines.values() for pt in curve]

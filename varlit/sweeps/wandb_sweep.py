@@ -115,13 +115,18 @@ def write(
     root: str = "runs",
     steps: int | None = None,
     force: bool = False,
-    **world: object,
+    seeds: Sequence[int] = (),
+    evaluate: bool = True,
+    variants: Sequence[str] = (),
+    extra: Sequence[str] = (),
 ) -> tuple[Path, str]:
     """Write `<out_dir>/<sweep>.yaml`; returns (path, "wrote" | "unchanged").
 
     The default folder holds files tracked in git: a file whose content would change is only replaced
     with `force` (otherwise a FileExistsError says so), never silently."""
-    text = render(sweep, config=config, subjects=subjects, root=root, steps=steps, **world)  # type: ignore[arg-type]
+    text = render(
+        sweep, config, subjects, root, steps, seeds=seeds, evaluate=evaluate, variants=variants, extra=extra
+    )
     path = Path(out_dir) / f"{sweep.name}.yaml"
     if path.exists():
         if path.read_text() == text:
