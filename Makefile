@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format demo demo-tiny demo-world-samples clean bench dreambench world
+.PHONY: help install test test-all lint format demo demo-tiny demo-world-samples clean bench bench-world dreambench world
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -74,6 +74,12 @@ world: install ## rebuild the `world` preset from scratch on CPU (T5, VAE, trans
 
 bench: install ## speed and memory benchmarks on random weights (tiny on CPU; see bench/RESULTS.md)
 	$(BIN)/varlit bench $(BENCH_ARGS)
+
+WORLD_BENCH := $(BIN)/varlit bench --preset world --threads 2 --roofline true --batch_sizes '[16]' --steps 5
+bench-world: install ## the world on this CPU: pretraining, tuning (online/bank) and sampling in float32, bf16 and compiled, against the matmul roofline
+	$(WORLD_BENCH) --parts '[pretrain, finetune, sampling]' --dtype float32 --out bench/world-float32.json
+	$(WORLD_BENCH) --parts '[pretrain, finetune, sampling]' --dtype bfloat16 --out bench/world-bfloat16.json
+	$(WORLD_BENCH) --parts '[pretrain]' --dtype bfloat16 --compile true --out bench/world-bfloat16-compiled.json
 
 dreambench: install ## download DreamBench (google/dreambooth) into DIR (default data/dreambench)
 	$(BIN)/varlit data dreambench --out $(or $(DIR),data/dreambench)

@@ -599,6 +599,9 @@ def run_bench(
     seed: int = 0,
     adapter: str = "full",
     lora_rank: int = 16,
+    pretrain_batch: int = 32,
+    compile: bool = False,
+    roofline: bool = False,
 ) -> dict:
     """Time sampling, VAE encode/decode and the fine-tune step on random weights; print a table, write JSON.
 
@@ -620,21 +623,26 @@ def run_bench(
         gradient_checkpointing: force full-block checkpointing on or off in the fine-tune step (default:
             the module's).
         peak_tflops: the device's peak bf16 TFLOP/s for MFU (798: H100 as measured for issue 7).
-        parts: which measurements to run: sampling, vae, finetune.
+        parts: which measurements to run: sampling, vae, finetune, pretrain (a from-scratch
+            teacher-forced step of `varlit pretrain infinity`, every weight training).
         threads: torch intra-op CPU threads for this process (default: torch's choice). On a shared machine
             1 thread avoids stalls when another process holds a core.
         seed: weights and inputs seed.
         adapter: full (the freeze mask's tensors train) or lora (peft LoRA on the same layers) in the
             fine-tune step.
         lora_rank: LoRA rank when adapter is lora.
+        pretrain_batch: images per pretraining step.
+        compile: `torch.compile` the transformer of the pretraining step.
+        roofline: also time a bare matmul of the FFN's shape in the run's dtype and report every achieved
+            FLOP rate as a fraction of it (the CPU's practical peak, measured in the same run).
     """
-    unknown = set(parts) - {"sampling", "vae", "finetune"}
+    unknown = set(parts) - {"sampling", "vae", "finetune", "pretrain"}
     if unknown:
-        raise ValueError(f"parts: unknown {sorted(unknown)}; choose from sampling, vae, finetune")
+        raise ValueError(f"parts: unknown {sorted(unknown)}; choose from sampling, vae, finetune, pretrain")
     bad = set(prior_sources) - set(PRIOR_SOURCES)
     if bad:
         raise ValueError(f"prior_sources: unknown {sorted(bad)}; choose from {', '.join(PRIOR_SOURCES)}")
-    if any(b < 1 for b in [*batch_sizes, vae_batch, finetune_batch]) or text_len < 1:
+    if any(b < 1 for b in [*batch_sizes, vae_batch, finetune_batch, pretrain_batch]) or text_len < 1:
         raise ValueError("batch sizes and text_len must be >= 1")
     if threads is not None:
         if threads < 1:
@@ -676,6 +684,21 @@ def run_bench(
                 entry["reason"] = str(err).split("\n")[0]
                 torch.cuda.empty_cache()
             results["finetune"].append(entry)
+    if "pretrain" in parts:
+        from .bench_pretrain import bench_pretrain
+
+        results["pretrain"] = bench_pretrain(
+            p, schedule, dev, dt, pretrain_batch, text_len, compile, warmup, steps, seed
+        )
+    if roofline:
+        from .bench_pretrain import matmul_tflops
+
+        rows, width = pretrain_batch * num_tokens(schedule), p.infinity.width
+        peak = matmul_tflops(dev, dt, rows, width, 4 * width)
+        results["roofline"] = peak
+        for x in [*results.get("sampling", []), *results.get("finetune", []), results.get("pretrain", {})]:
+            if "achieved_tflops" in x:
+                x["roofline_fraction"] = x["achieved_tflops"] / peak["tflops"]
 
     report = {
         "device": device_info(dev),
@@ -699,6 +722,9 @@ def run_bench(
             "seed": seed,
             "adapter": adapter,
             "lora_rank": lora_rank if adapter == "lora" else None,
+            "pretrain_batch": pretrain_batch,
+            "compile": compile,
+            "threads": torch.get_num_threads(),
         },
         "results": results,
         "wall_s": round(time.perf_counter() - started, 2),
@@ -745,6 +771,20 @@ def format_table(report: dict) -> str:
         what += " ckpt" if x["gradient_checkpointing"] else ""
         lines.append(row(what, x, None, x["achieved_tflops"], x["mfu"]))
         lines.append(f"{'':38s} {x['flops']['total']:.4g} TFLOP per step")
+    if "pretrain" in r:
+        x = r["pretrain"]
+        what = f"pretrain step b={x['batch']}" + (" compiled" if x["compiled"] else "")
+        lines.append(row(what, x, x["median_s"] / x["batch"], x["achieved_tflops"]))
+        lines.append(f"{'':38s} {x['images_per_s']:.1f} images/s, {x['flops']['total']:.4g} TFLOP per step")
+    if "roofline" in r:
+        peak = r["roofline"]
+        lines.append(f"matmul {peak['shape']} {peak['dtype']}: {peak['tflops']:.3f} TFLOP/s (the roofline)")
+        for name, xs in (("sample", r.get("sampling", [])), ("fine-tune", r.get("finetune", []))):
+            for x in xs:
+                if "roofline_fraction" in x:
+                    lines.append(f"  {name} b={x['batch']}: {100 * x['roofline_fraction']:.1f}% of it")
+        if "roofline_fraction" in r.get("pretrain", {}):
+            lines.append(f"  pretrain: {100 * r['pretrain']['roofline_fraction']:.1f}% of it")
     return "\n".join(lines)
 
 
