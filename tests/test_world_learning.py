@@ -4,20 +4,21 @@ prompts' contexts stay and bare class prompts do not turn into the subject. Fail
 (a broken loss, mask, embedding or optimizer) or starts forgetting (a broken prior, or a mask that trains
 what it should not).
 
-Measured by this test (twotone_cup, 50 steps of experiments/world.yaml, seed 0, 1 CPU thread), on the
-validation's 16 samples of 4 unseen contexts and 16 bare class-prompt samples; the base model through
+Measured by this test on world v2 (twotone_cup, 100 steps of experiments/world.yaml, seed 0, 1 CPU thread),
+on the validation's 16 samples of 4 unseen contexts and 16 bare class-prompt samples; the base model through
 `varlit eval --eval.adapters base` (20 samples of 5 unseen contexts, 16 class samples):
 
-| | base | after 50 steps | floor / ceiling |
+| | base | after 100 steps | floor / ceiling |
 |---|---|---|---|
-| subject recognition | 0.0 | 0.375 | >= 0.25 after, <= 0.1 before |
-| subject similarity (judge cosine to the photos) | 0.369 | 0.777 | >= 0.6 |
+| subject recognition | 0.0 | 0.5 | >= 0.375 after, <= 0.1 before |
+| subject similarity (judge cosine to the photos) | 0.701 | 0.888 | >= 0.8 |
 | context accuracy | 1.0 | 1.0 | >= 0.75 |
-| leakage (class prompt drawn as the subject) | 0.0 | 0.0625 | <= 0.25 |
-| class prior (class prompt read as a cup) | 0.125 | 0.1875 | >= 0.0625 |
+| leakage (class prompt drawn as the subject) | 0.0 | 0.0 | <= 0.125 |
+| class prior (class prompt read as a cup) | 0.375 | 0.25 | >= 0.125 |
 
-The class floor is low because the base model itself draws cups as blobs (README, "Quality of the shipped
-world"); without prior distillation leakage reaches 0.9 to 1.0 within 50 steps (runs/ablate-distill).
+World v1 (a model that drew blobs) needed only 50 steps at lr 1e-3 and had floors of 0.25 / 0.6 / 0.75 /
+0.25 / 0.0625; v2 tunes at lr 1e-4 (experiments/world.yaml says why). Without prior distillation leakage
+reached 0.9 to 1.0 within 50 steps on v1 (runs/ablate-distill).
 """
 
 from __future__ import annotations
@@ -38,14 +39,14 @@ from varlit.models.presets import WORLD_DIR
 REPO = Path(__file__).resolve().parents[1]
 WORLD = str(REPO / "experiments" / "world.yaml")
 SUBJECT = "twotone_cup"  # the demo's subject
-STEPS = 50
+STEPS = 100
 
-FLOOR_SUBJECT_AFTER = 0.25
+FLOOR_SUBJECT_AFTER = 0.375
 CEILING_SUBJECT_BEFORE = 0.1
-FLOOR_SUBJECT_SIM_AFTER = 0.6
+FLOOR_SUBJECT_SIM_AFTER = 0.8
 FLOOR_CONTEXT_AFTER = 0.75
-CEILING_LEAKAGE_AFTER = 0.25
-FLOOR_CLASS_PRIOR_AFTER = 0.0625
+CEILING_LEAKAGE_AFTER = 0.125
+FLOOR_CLASS_PRIOR_AFTER = 0.125
 
 pytestmark = pytest.mark.skipif(
     not (WORLD_DIR / "infinity.safetensors").exists(),
@@ -60,7 +61,7 @@ def _last_validation(run_dir: Path) -> dict[str, float]:
     return {k[4:]: float(v) for k, v in rows[-1].items() if k.startswith("val/judge") and v}
 
 
-def test_a_few_dozen_steps_learn_the_subject_and_keep_the_class(tmp_path, monkeypatch):
+def test_a_hundred_steps_learn_the_subject_and_keep_the_class(tmp_path, monkeypatch):
     monkeypatch.setenv("VARLIT_THREADS", "1")
     torch.manual_seed(0)
     common = [

@@ -97,7 +97,9 @@ def encode_code(z_BdHW: torch.Tensor, vae_schedule: Sequence[tuple[int, int]]) -
     total = torch.zeros_like(residual)
     for hw in vae_schedule:
         up = upsample_code(quantize_scale(_resize(residual, hw, "area")), (H, W))
-        residual = residual - up
+        # The residual subtracts a detached code (the official default): each scale's gradient reaches
+        # the encoder only through its own straight-through estimate, not through the later scales.
+        residual = residual - up.detach()
         total = total + up
     return total.squeeze(2)
 

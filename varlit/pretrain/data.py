@@ -32,13 +32,13 @@ class _WorldDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pool)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, int]:
         from varlit.world.pool import caption_for
 
         key = [self.seed, i] if self.fixed else [self.seed, i, self.draws]
         self.draws += 0 if self.fixed else 1
         pixels = to_unit_range(self.pool.pixels[i : i + 1])[0]
-        return pixels, caption_for(self.pool, i, np.random.default_rng(key))
+        return pixels, caption_for(self.pool, i, np.random.default_rng(key)), i
 
 
 class _FolderDataset(Dataset):
@@ -48,13 +48,14 @@ class _FolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.captions)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        return self.pixels[i], self.captions[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, int]:
+        return self.pixels[i], self.captions[i], i
 
 
-def _collate(items: list[tuple[torch.Tensor, str]]) -> dict:
-    pixels, captions = zip(*items)
-    return {"pixels": torch.stack(pixels), "captions": list(captions)}
+def _collate(items: list[tuple[torch.Tensor, str, int]]) -> dict:
+    """Pixels, captions, and each image's index in its (fixed) set: the key of the latent cache."""
+    pixels, captions, index = zip(*items)
+    return {"pixels": torch.stack(pixels), "captions": list(captions), "index": torch.tensor(index)}
 
 
 def read_captioned_folder(root: Path, size: int) -> tuple[torch.Tensor, list[str]]:

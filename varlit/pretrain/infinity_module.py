@@ -88,14 +88,16 @@ class InfinityPretrainModule(pl.LightningModule):
             if weights is None:
                 init_from_scratch(self.model, init_std)
         if weights is not None:
-            load_checkpoint(self.model, weights, self.preset.hf_repo)
+            load_checkpoint(
+                self.model, weights, self.preset.hf_repo, dtype=torch.float32
+            )  # float32 master weights
         vae_weights = vae_weights or self.preset.vae_weights
         if vae_weights is None:
             raise ValueError("model.vae_weights: pretraining the transformer needs a trained VAE")
         # Frozen helpers are plain attributes: not in the optimizer, checkpoints or .train().
         vae = BSQVAE(self.preset.vae)
         self._frozen = {
-            "vae": load_checkpoint(vae, vae_weights, self.preset.hf_repo, subkey="vae")
+            "vae": load_checkpoint(vae, vae_weights, self.preset.hf_repo, subkey="vae", dtype=torch.float32)
             .eval()
             .requires_grad_(False),
             "text": TextEncoder.from_pretrained(
@@ -103,6 +105,8 @@ class InfinityPretrainModule(pl.LightningModule):
             ),
         }
         self._text_cache: dict[str, torch.Tensor] = {}
+        # Latents z of the fixed image sets, filled as images are first seen (train and val apart).
+        self._latent_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.schedule = self.preset.schedule()
         self.vae_schedule = self.preset.vae_schedule(self.schedule)
 
@@ -131,14 +135,39 @@ class InfinityPretrainModule(pl.LightningModule):
             out[i, : len(r)] = r
         return TextBatch(out, torch.tensor([len(r) for r in rows])).to(self.device)
 
-    def tokens(self, pixels: torch.Tensor, flip: bool):
+    @torch.no_grad()
+    def latents(self, batch: dict, split: str) -> torch.Tensor:
+        """Float32 VAE latents z of the batch's images, encoded once per image of the split.
+
+        The encoder is frozen and the image sets are fixed, so every epoch after the first reads z from
+        memory. It always runs in float32, outside any autocast, so the bit labels are the ones the
+        tuning pipeline computes for the same image.
+        """
+        pixels, index = batch["pixels"], batch.get("index")
+        with torch.autocast(pixels.device.type, enabled=False):
+            if index is None:
+                return self.vae.encode_raw(pixels.float())
+            size = len(
+                self.trainer.datamodule.train_set if split == "train" else self.trainer.datamodule.val_set
+            )
+            if split not in self._latent_cache:
+                d, (H, W) = self.vae.codebook_dim, self.vae_schedule[-1]
+                self._latent_cache[split] = (torch.zeros(size, d, H, W), torch.zeros(size, dtype=torch.bool))
+            z_cache, seen = self._latent_cache[split]
+            index = index.cpu()
+            new = ~seen[index]
+            if new.any():
+                z_cache[index[new]] = self.vae.encode_raw(pixels[new.to(pixels.device)].float()).cpu()
+                seen[index[new]] = True
+            return z_cache[index].to(pixels.device)
+
+    def tokens(self, z_BdHW: torch.Tensor, flip: bool):
         with torch.no_grad():
-            z = self.vae.encode_raw(pixels)
             cfg = self.sc_cfg if flip else SelfCorrectionConfig(enabled=False)
-            return self_correct(z, self.vae_schedule, cfg, patchify=self.preset.patchify)
+            return self_correct(z_BdHW, self.vae_schedule, cfg, patchify=self.preset.patchify)
 
     def _step(self, batch: dict, train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        toks = self.tokens(batch["pixels"], flip=train)
+        toks = self.tokens(self.latents(batch, "train" if train else "val"), flip=train)
         text = self.encode_captions(batch["captions"])
         logits = self.model(text, toks.x_BLd_wo_prefix, self.schedule, drop_condition=train)
         per_token = bitwise_ce(logits, toks.bits_BLd)

@@ -33,7 +33,8 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def bit_entropies(u_BdHW: torch.Tensor, sharpness: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean per-token bit entropy, mean entropy of the batch-average bit) in nats, from soft bits."""
-    p = torch.sigmoid(sharpness * u_BdHW * u_BdHW.shape[1] ** 0.5)
+    # float32: in bf16, 1 - 1e-6 rounds to 1 and the clamp below no longer keeps log(1 - q) finite
+    p = torch.sigmoid(sharpness * u_BdHW.float() * u_BdHW.shape[1] ** 0.5)
 
     def h(q: torch.Tensor) -> torch.Tensor:
         q = q.clamp(1e-6, 1 - 1e-6)
@@ -75,14 +76,22 @@ class VAEPretrainModule(pl.LightningModule):
             torch.manual_seed(init_seed)
             self.vae = BSQVAE(self.preset.vae)
         if vae_weights is not None:
-            self.vae = load_checkpoint(self.vae, vae_weights, self.preset.hf_repo, subkey="vae")
+            self.vae = load_checkpoint(
+                self.vae, vae_weights, self.preset.hf_repo, subkey="vae", dtype=torch.float32
+            )
         self.vae.train().requires_grad_(True)
         self.vae_schedule = self.preset.vae_schedule(self.preset.schedule())
 
     def reconstruct(self, x_B3HW: torch.Tensor) -> tuple[torch.Tensor, ...]:
         z = self.vae.encode_raw(x_B3HW)
         code = encode_code(z, self.vae_schedule)  # straight-through: quantize_scale passes gradients
-        return self.vae.decoder(code), z, code, F.normalize(z, dim=1, eps=1e-12)
+        # losses in float32 whatever the autocast dtype of the convolutions
+        return (
+            self.vae.decoder(code).float(),
+            z.float(),
+            code.float(),
+            F.normalize(z.float(), dim=1, eps=1e-12),
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = batch["pixels"]

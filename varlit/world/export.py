@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+
 from ..io import atomic_write, atomic_write_json
 from ..models.presets import WORLD_DIR, get_preset
 
@@ -21,14 +23,35 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _float_dtype(name: str) -> torch.dtype:
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"--infinity_dtype: unknown dtype {name!r}; choose one of {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def _save_cast(src: Path, dst: str, dtype: torch.dtype) -> None:
+    """Copy a safetensors file with its floating tensors cast to `dtype` (round to nearest)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(src))
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, dst)
+
+
 def export_world(
     infinity: str = "runs/world/infinity/infinity.safetensors",
     vae: str = "runs/world/vae/vae.safetensors",
     judge: str = "runs/world/judge/judge.safetensors",
     text_encoder: str = "runs/world/text_encoder",
     out: str = str(WORLD_DIR),
+    infinity_dtype: str = "bfloat16",
 ) -> Path:
-    """Check every part loads strictly into the `world` architecture, then copy it into `out`."""
+    """Check every part loads strictly into the `world` architecture, then copy it into `out`.
+
+    The transformer is stored in `infinity_dtype` (bf16 keeps the world under its 40 MB budget; the
+    pipeline computes in float32 either way, and `varlit world report` measures the stored weights).
+    The VAE, judge and T5 are copied as trained.
+    """
     from ..models.loading import load_checkpoint
     from ..models.text import TextEncoder
     from .judge import load_judge
@@ -47,8 +70,12 @@ def export_world(
         "judge.safetensors": Path(judge),
         "judge.json": Path(judge).with_suffix(".json"),
     }
+    store_dtype = _float_dtype(infinity_dtype)
     for name, src in sources.items():
-        atomic_write(out_dir / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
+        if name == "infinity.safetensors" and store_dtype != torch.float32:
+            atomic_write(out_dir / name, lambda tmp, src=src: _save_cast(src, tmp, store_dtype))
+        else:
+            atomic_write(out_dir / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
     te_out = out_dir / "text_encoder"
     te_out.mkdir(exist_ok=True)
     for f in sorted(Path(text_encoder).iterdir()):

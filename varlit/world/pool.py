@@ -26,7 +26,7 @@ from .scenes import (
 )
 from .subjects import SUBJECT_NAMES, random_subject_render
 
-POOL_VERSION = 1
+POOL_VERSION = 2  # 2: world v2 (larger objects)
 NO_SUBJECT = -1
 
 

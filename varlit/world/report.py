@@ -97,6 +97,58 @@ def recognition(pipe, judge, specs: list[SceneSpec], sampling: SamplingConfig, s
     return {k: v / len(specs) for k, v in hits.items()}, torch.cat(images)
 
 
+def mean_pairwise_distance(emb_GSE: torch.Tensor) -> float:
+    """Mean cosine distance 1 - cos between the S embeddings of each group, averaged over the G groups."""
+    S = emb_GSE.shape[1]
+    cos_GSS = emb_GSE @ emb_GSE.transpose(1, 2)
+    off_diagonal = ~torch.eye(S, dtype=torch.bool)
+    return float((1 - cos_GSS[:, off_diagonal]).mean())
+
+
+def mean_pairwise_rms(images_GS3HW: torch.Tensor) -> float:
+    """Mean RMS pixel difference (images in [-1, 1]) between the S images of each group, over the G groups."""
+    G, S = images_GS3HW.shape[:2]
+    x = images_GS3HW.float().flatten(2)
+    d_GSS = (x[:, :, None] - x[:, None]).pow(2).mean(-1).sqrt()
+    return float(d_GSS[:, ~torch.eye(S, dtype=torch.bool)].mean())
+
+
+@torch.no_grad()
+def diversity(pipe, judge, specs: list[SceneSpec], sampling: SamplingConfig, seeds: int, seed: int) -> dict:
+    """How different the samples of one prompt are across seeds, against renders of the same spec.
+
+    Mean pairwise judge-embedding distance (1 - cosine) among `seeds` samples of each prompt, and the same
+    figure for `seeds` fresh renders of each spec (other placements and context details): a model that
+    ignores its noise scores near 0, one as varied as the world itself scores near the renders' figure.
+    Returns the two figures and the samples [len(specs), seeds, 3, H, W].
+    """
+    from ..pretrain.data import to_unit_range
+    from .scenes import random_placement, render
+
+    samples = torch.stack(
+        [
+            pipe.generate([full_caption(sp)] * seeds, sampling, seed=seed + i).images_B3HW
+            for i, sp in enumerate(specs)
+        ]
+    )
+    renders = []
+    for i, sp in enumerate(specs):
+        rng = np.random.default_rng([seed, 11, i])
+        specs_i = [SceneSpec(sp.cls, sp.colour, sp.context, *random_placement(rng)) for _ in range(seeds)]
+        renders.append(to_unit_range(np.stack([render(x, rng) for x in specs_i])))
+    renders_NS = torch.stack(renders)
+    n, e = len(specs), judge.cfg.embed_dim
+    return {
+        "samples": mean_pairwise_distance(judge.embed(samples.flatten(0, 1)).view(n, seeds, e)),
+        "renders": mean_pairwise_distance(judge.embed(renders_NS.flatten(0, 1)).view(n, seeds, e)),
+        # the judge is trained to ignore where an object is: pixels show position and size
+        "samples_pixel_rms": mean_pairwise_rms(samples),
+        "renders_pixel_rms": mean_pairwise_rms(renders_NS),
+        "prompts": n,
+        "seeds": seeds,
+    }, samples
+
+
 def world_report(
     out: str = str(WORLD_DIR),
     figure: str = "docs/world_samples.png",
@@ -108,6 +160,7 @@ def world_report(
     cache_dir: str = "runs/.cache/world",
     cfg: float = WORLD_SAMPLING.cfg,
     tau: float = WORLD_SAMPLING.tau,
+    diversity_prompts: int = 32,
 ) -> dict:
     """Measure the shipped world and write `report.json` and `report.md` beside it, plus a labelled grid."""
     from ..pipeline import Pipeline
@@ -130,6 +183,9 @@ def world_report(
     report["base_seen"], seen_imgs = recognition(pipe, judge, seen_specs, sampling, seed)
     held_specs = prompt_set(num_held_out, seed, held_out=True)
     report["base_held_out"], held_imgs = recognition(pipe, judge, held_specs, sampling, seed + 10_000)
+    report["diversity"], div_imgs = diversity(
+        pipe, judge, seen_specs[:diversity_prompts], sampling, 4, seed + 20_000
+    )
     prompts64 = [full_caption(sp) for sp in seen_specs[:64]]
     t = time.perf_counter()
     pipe.generate(prompts64, sampling, seed=1)
@@ -149,6 +205,12 @@ def world_report(
             rows.append([to_uint8(imgs[i : i + 1])[0].numpy() for i in idx])
             labels.append(f"world base model, {name} combinations")
             caps.append([full_caption(specs[i]).replace("a photo of a ", "") for i in idx])
+    for r in range(2):  # two prompts, a row of their 4 seeds each
+        rows.append([to_uint8(div_imgs[r, k : k + 1])[0].numpy() for k in range(4)])
+        labels.append("world base model, one prompt, 4 seeds")
+        caps.append(
+            [full_caption(seen_specs[r]).replace("a photo of a ", "") + f" (seed {k})" for k in range(4)]
+        )
     save_grid(figure, labelled_grid(rows, labels, caps, scale=2))
     print(report_markdown(report))
     return report
@@ -163,6 +225,7 @@ def report_markdown(r: dict) -> str:
     j = r["judge_accuracy_fresh"]
     v = r["judge_accuracy_vae_recon"]
     n = r["counts"]
+    d = r["diversity"]
     return "\n".join(
         [
             "| measure | value |",
@@ -176,6 +239,10 @@ def report_markdown(r: dict) -> str:
             f"{_pct(s['cls'])} / {_pct(s['colour'])} / {_pct(s['context'])} / {_pct(s['all'])} |",
             f"| base model, {n['held_out_prompts']} held-out prompts: class / colour / context / all three | "
             f"{_pct(h['cls'])} / {_pct(h['colour'])} / {_pct(h['context'])} / {_pct(h['all'])} |",
+            f"| diversity: mean pairwise judge-embedding distance, {d['seeds']} seeds x {d['prompts']} prompts "
+            f"(samples / fresh renders of the same specs) | {d['samples']:.3f} / {d['renders']:.3f} |",
+            f"| diversity: mean pairwise RMS pixel difference, same images (samples / renders) | "
+            f"{d['samples_pixel_rms']:.3f} / {d['renders_pixel_rms']:.3f} |",
             f"| sampling 64 prompts at once ({r['machine']}) | {r['seconds_64_prompts']:.2f} s |",
             f"| sampling | cfg {r['sampling']['cfg']}, tau {r['sampling']['tau']} |",
             "",
