@@ -30,11 +30,22 @@ commands:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from .models.loading import CheckpointError
     from .models.presets import UnknownPresetError
     from .models.text import HubUnavailableError
 
-    return (ValueError, UnknownPresetError, CheckpointError, HubUnavailableError, FileNotFoundError)
+    # PermissionError: a folder os.access calls writable that refuses writes all the same (e.g. under /sys)
+    return (
+        ValueError,
+        UnknownPresetError,
+        CheckpointError,
+        HubUnavailableError,
+        FileNotFoundError,
+        PermissionError,
+        MisconfigurationException,
+    )
 
 
 def run_function(fn: Callable, argv: list[str], prog: str) -> object:
@@ -156,8 +167,13 @@ def _main(argv: list[str] | None = None) -> None:
 
         apply_thread_policy()
         commands[command](rest)
+    except KeyboardInterrupt:  # Ctrl-C outside training (which saves and exits 130 itself)
+        print(f"varlit {command}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except _user_errors() as err:
         msg = str(err).strip() or type(err).__name__
+        if isinstance(err, PermissionError) and err.filename:
+            msg = f"cannot write {err.filename}: permission denied; choose an output folder you can write to"
         print(f"varlit {command}: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -16,6 +16,7 @@ import difflib
 import importlib.util
 import logging
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -26,7 +27,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from .callbacks.adapter import AdapterCheckpoint
 from .callbacks.last_checkpoint import AtomicCheckpointIO, LastCheckpoint
@@ -232,6 +233,13 @@ class VarlitCLI(LightningCLI):
             failed = False
         except SIGTERMException:
             raise SystemExit(143) from None  # preempted: last.ckpt was written at the step boundary
+        except SystemExit as exc:
+            trainer = getattr(self, "trainer", None)
+            if exc.code == 1 and trainer is not None and trainer.interrupted:
+                # Ctrl-C: Lightning shut down after last.ckpt was written and exits 1; the shell's code is 130
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning left SIGINT ignored
+                raise SystemExit(130) from None
+            raise
         finally:
             if self.run_folder is not None:
                 self.run_folder.finish(failed)
@@ -277,7 +285,13 @@ class VarlitCLI(LightningCLI):
             self.run_folder.acquire()
 
     def before_validate(self) -> None:
+        step = int(self.resume_ckpt["global_step"]) if self.resume_ckpt is not None else None
         self._check_resume_fits()
+        if step is not None:
+            # Lightning restores the step counters for fit only: the metrics row and the grid would say step 0
+            loop = self.trainer.fit_loop.epoch_loop
+            loop.manual_optimization.optim_step_progress.total.completed = step
+            loop._batches_that_stepped = step
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -349,4 +363,10 @@ class VarlitCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())  # checkpoints written atomically next to their final name
         config["plugins"] = plugins
-        return super()._instantiate_trainer(config, [])
+        try:
+            return super()._instantiate_trainer(config, [])
+        except MisconfigurationException as err:  # e.g. --trainer.max_steps -5: Lightning's own check
+            first = str(err).strip().splitlines()[0]
+            field = re.search(r"`(\w+)`", first)
+            flag = f"--trainer.{field.group(1)}" if field else "the --trainer.* flags (varlit fit --help)"
+            raise ValueError(f"trainer: {first} (check {flag})") from None

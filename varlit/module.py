@@ -296,6 +296,9 @@ class SubjectTuningModule(pl.LightningModule):
             raise ValueError(f"embedding.num_vectors must be >= 1, got {subject.num_vectors}")
         _check_choice(subject.init, ("zeros", "class"), "embedding.init")
         _check_choice(loss_reduction, ("per_token", "per_scale_mean"), "loss_reduction")
+        scale_weights.validate(where="scale_weights")  # the length of an explicit list: at the first batch
+        if prior.scale_weights is not None:
+            prior.scale_weights.validate(where="prior.scale_weights")
         self_correction.validate("self_correction")
         _check_choice(prior.loss, PRIOR_LOSSES, "prior.loss")
         _check_choice(prior.source, PRIOR_SOURCES, "prior.source")
@@ -457,6 +460,8 @@ class SubjectTuningModule(pl.LightningModule):
     def on_validation_start(self) -> None:
         if self.trainer.state.fn != "fit":
             self._move_frozen()
+            if self.logger is not None:  # `varlit validate` rewrites hparams.yaml: keep the freeze entries
+                self.logger.log_hyperparams(self.mask.as_hparams())
 
     def on_test_start(self) -> None:
         self._move_frozen()
@@ -611,7 +616,7 @@ class SubjectTuningModule(pl.LightningModule):
                 pb = self.teacher_samples(text.index(prompt_idx.to(text.lengths_B.device)), schedule, gen)
                 return pb.bits_BLd, pb.x_BLd_wo_prefix, pb.logits_BLV
 
-            bank.build(sample_fn, device=self.device, log=log.info)
+            bank.build(sample_fn, device=self.device, log=log.info, warn=log.warning)
         if self.trainer.world_size > 1:
             self.trainer.strategy.barrier("prior_bank")
         self._bank, self._bank_store, self._class_text = bank, bank, text

@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..io import atomic_write
+from ..models.loading import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
     ) -> None:
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+    def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Lightning's restore; a file that fails to read is named in one line (the pre-check reads it first)."""
+        try:
+            return super().load_checkpoint(path, *args, **kwargs)
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointError(
+                f"--ckpt_path {path}: cannot restore it ({type(err).__name__}: {first[:200]})"
+            ) from None
 
 
 def steps_between_saves(every_n_steps: int | None, max_steps: int) -> int:
