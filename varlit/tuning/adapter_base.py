@@ -3,8 +3,8 @@
 An adapter's metadata (its tensor list, fingerprint, LoRA ranks) can be edited or stripped along with its
 tensors, so it cannot vouch for them. The expected tensors come from the base: the freeze spec the run
 trained with, resolved on this base model, gives the exact names (full) or LoRA targets, ranks and alphas
-(lora); the base's own tensors give the shapes. Without a recorded spec, the tensors must still form whole
-(block, kind) groups of the base: half a group is a damaged file, not a freeze spec.
+(lora); the base's own tensors give the shapes. Without a recorded spec, the tensors of a block must still
+form whole (block, kind) groups of the base: half a group is a damaged file, not a freeze spec.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def check_full(path: Path, meta: Mapping[str, Any], model: nn.Module, depth: int
     for n, key in assignment.items():
         groups.setdefault(key, set()).add(n)
     partial = []
-    for key in sorted({assignment[n] for n in names if n in assignment}, key=str):
+    # Block groups only: a global kind (embed, head ...) is a mix of unrelated tensors, tuned one by one.
+    for key in sorted({assignment[n] for n in names if assignment.get(n, (None,))[0] is not None}, key=str):
         lacking = sorted(groups[key] - names)
         if lacking:
             block = "global" if key[0] is None else f"block {key[0]}"
