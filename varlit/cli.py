@@ -62,8 +62,11 @@ def run_function(fn: Callable, argv: list[str], prog: str) -> object:
 
 def run_lightning(argv: list[str]) -> object:
     from .lightning_cli import VarlitCLI
+    from .subject_args import replace_config_choices
 
-    return VarlitCLI(args=argv)
+    # `--data.subject_dir DIR` (or `--model.preset P`) on top of a config replaces the config's subject
+    # (preset), its captions file (weights) included
+    return VarlitCLI(args=[argv[0], *replace_config_choices(argv[1:])])
 
 
 def _commands() -> dict[str, Callable[[list[str]], object]]:
@@ -102,8 +105,9 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
 
     def evaluate(argv: list[str]) -> object:
         from .commands.eval import main as eval_main  # its own parser: reads whole fit configs
+        from .subject_args import replace_config_choices
 
-        return eval_main(argv)
+        return eval_main(replace_config_choices(argv))
 
     def compare(argv: list[str]) -> object:
         from .eval.compare import compare as compare_evals

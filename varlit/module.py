@@ -486,6 +486,20 @@ class SubjectTuningModule(pl.LightningModule):
         subject = getattr(dm, "subject", None)
         return getattr(subject, "class_word", None) or getattr(dm, "class_word", None)
 
+    def _subject_meta(self) -> dict[str, Any]:
+        """The subject an adapter was tuned on (so `varlit eval` / `sample` need not be told again)."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return {}
+        out = {
+            "subject": getattr(dm, "subject_name", None),
+            "subject_dir": getattr(dm, "subject_dir", None),
+            "class_word": self._class_word(),
+        }
+        # a data module without one (a test's stand-in): the header simply lacks it
+        out["instance_prompt"] = dm.instance_prompt if hasattr(type(dm), "instance_prompt") else None
+        return out
+
     def _build_optimizer(self) -> torch.optim.Optimizer:
         groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "name": "model"}]
         if self.subject_embedding is not None:
@@ -893,6 +907,7 @@ class SubjectTuningModule(pl.LightningModule):
             "base_fingerprint": self._base_fingerprint,
             "adapter": self.lora.meta(self.adapter_cfg) if self.lora is not None else {"type": "full"},
             "hparams": {k: v for k, v in self.hparams.items()},
+            "data": self._subject_meta(),
             **(extra_meta or {}),
         }
         vectors = self.subject_embedding.vectors if self.subject_embedding is not None else None
