@@ -19,7 +19,7 @@ commands:
   fit | validate          LightningCLI runs (see `varlit fit --help`); validate scores the run's last checkpoint
   sample                  generate PNGs from a preset, checkpoint and optional subject adapter
   eval                    DreamBench-style evaluation of subject adapters
-  compare                 two eval folders side by side: before/after table and picture (`varlit compare B A`)
+  compare                 two eval folders side by side: table and picture (`varlit compare --before B --after A`)
   download                fetch a preset's released weights (`varlit download --preset infinity-2b`)
   data                    dataset helpers (`varlit data dreambench [--out data/dreambench]`)
   bench                   speed and memory benchmarks

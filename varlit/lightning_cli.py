@@ -34,6 +34,7 @@ from .callbacks.last_checkpoint import AtomicCheckpointIO, LastCheckpoint
 from .callbacks.run_summary import RunSummary
 from .callbacks.samples import SampleGrid
 from .callbacks.scale_losses import PerScaleLosses
+from .callbacks.validate_last import ValidateAtLastStep
 from .data import world_subjects
 from .data.datamodule import SubjectDataModule, default_cache_dir
 from .eval.config import EvalConfig
@@ -133,12 +134,16 @@ class EpochProgressBar(RichProgressBar):
 
     @property
     def total_train_batches(self) -> int | float:
-        # Lightning caps the bar at the steps left; with gradient accumulation a step takes k batches.
+        # Lightning caps the bar at the steps left, but the bar counts the epoch's batches from 0, and a
+        # resumed epoch starts at the batches it had already run ("150/115" after a resume at step 35);
+        # with gradient accumulation a step takes k batches.
         optim = getattr(self.trainer.lightning_module, "optim_cfg", None)
         k = getattr(optim, "accumulate_grad_batches", 1)
         max_steps = self.trainer.max_steps
-        if k > 1 and self.trainer.max_epochs == -1 and max_steps and max_steps > 0:
-            return min(self.trainer.num_training_batches, k * (max_steps - self.trainer.global_step))
+        if self.trainer.max_epochs == -1 and max_steps and max_steps > 0:
+            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            left = k * (max_steps - self.trainer.global_step)
+            return min(self.trainer.num_training_batches, done + left)
         return super().total_train_batches
 
 
@@ -346,6 +351,7 @@ class VarlitCLI(LightningCLI):
                 keep_last=run.adapter_keep_last,
             ),
             SampleGrid(),
+            ValidateAtLastStep(),
             PerScaleLosses(),
             RunSummary(),
         ]

@@ -237,7 +237,13 @@ class SubjectTuningModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold only the trainable tensors
 
         student, vae = load_base(
-            self.preset, weights, vae_weights, torch.device(init_device), torch.float32, init_seed
+            self.preset,
+            weights,
+            vae_weights,
+            torch.device(init_device),
+            torch.float32,
+            init_seed,
+            flags=("--model.weights", "--model.vae_weights"),
         )
         self.student: Infinity = student
         self.student.gradient_checkpointing = gradient_checkpointing

@@ -69,13 +69,16 @@ def load_base(
     dtype: torch.dtype,
     init_seed: int = 0,
     random_init: bool | None = None,
+    flags: tuple[str, str] = ("--weights", "--vae_weights"),
 ) -> tuple[Infinity, BSQVAE]:
     """Transformer and VAE of a preset: released/local weights, or seeded random init (tiny, benchmarks).
 
     `dtype` is the blocks' dtype: as in the official code only the transformer blocks are cast (bf16 on GPU);
     every tensor outside them stays float32 (`Infinity.set_precision`). Real weights are loaded onto a
-    meta-device skeleton (no second copy in memory); the VAE stays float32.
+    meta-device skeleton (no second copy in memory); the VAE stays float32. `flags` name the options that
+    set `weights` and `vae_weights` in the calling command (`--model.weights` in `varlit fit`).
     """
+    given = {flags[0]: weights, flags[1]: vae_weights}
     weights = weights or p.weights
     vae_weights = vae_weights or p.vae_weights
     random_init = (weights is None) if random_init is None else random_init
@@ -90,13 +93,20 @@ def load_base(
         model.set_precision(dtype)
         return model, vae
     if p.bundled:
-        check_bundled(p, weights, vae_weights)
+        from pathlib import Path
+
+        from .models.loading import CheckpointError
+
+        for flag, path in given.items():  # yours: name the flag; the preset's own files: how to rebuild them
+            if path is not None and not Path(path).expanduser().exists():
+                raise CheckpointError(f"{path} not found (check {flag})")
+        check_bundled(p, *(None if given[f] else path for f, path in zip(flags, (weights, vae_weights))))
     model, vae = p.build("meta")
     # In the file's dtype, then blocks to `dtype` and the rest to float32 (one tensor at a time).
-    load_checkpoint(model, weights, p.hf_repo, dtype=None, device=device, flag="--weights", preset=p.name)
+    load_checkpoint(model, weights, p.hf_repo, dtype=None, device=device, flag=flags[0], preset=p.name)
     model.set_precision(dtype)
     if vae_weights is None:
-        raise ValueError(f"preset {p.name!r} needs vae_weights when weights are given")
+        raise ValueError(f"preset {p.name!r} needs {flags[1]} when {flags[0]} is given")
     load_checkpoint(
         vae,
         vae_weights,
@@ -104,7 +114,7 @@ def load_base(
         subkey="vae",
         dtype=torch.float32,
         device=device,
-        flag="--vae_weights",
+        flag=flags[1],
         preset=p.name,
     )
     return model, vae

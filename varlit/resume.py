@@ -29,14 +29,24 @@ DATA_MAY_DIFFER = frozenset(
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """`last` -> `<run dir>/checkpoints/last.ckpt` when it exists (else a fresh start, said so); paths as given."""
+    """`last` -> `<run dir>/checkpoints/last.ckpt`; paths as given. A missing `last` is an error, not a fresh
+    start: it is most often a mistyped --run.name, and training from scratch in another folder hides that."""
     if ckpt_path != "last":
         return ckpt_path
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         return str(last)
-    log.warning("--ckpt_path last: %s does not exist yet; starting from step 0", last)
-    return None
+    root = run_dir.parent
+    runs = sorted(c.parent.parent.name for c in root.glob("*/checkpoints/last.ckpt"))
+    where = (
+        f"runs with a checkpoint under {root}: {', '.join(runs[:8])}"
+        if runs
+        else f"no run under {root} has one"
+    )
+    raise CheckpointError(
+        f"--ckpt_path last: {last} does not exist ({where}); check --run.name / --run.root, or leave "
+        "--ckpt_path out to start a new run"
+    )
 
 
 def read_fit_checkpoint(path: str | Path, command: str = "varlit fit") -> dict[str, Any]:

@@ -143,7 +143,9 @@ class LastCheckpoint(ModelCheckpoint):
 
     def _write(self, trainer: pl.Trainer) -> None:
         t0 = time.monotonic()
-        trainer.save_checkpoint(str(self.path))
+        # weights_only=False: a resume needs the optimizer and loop state too. Said explicitly, because
+        # Lightning logs "`weights_only` was not set" at every save otherwise.
+        trainer.save_checkpoint(str(self.path), weights_only=False)
         self._write_seconds = time.monotonic() - t0
         self._last_step, self._last_time = trainer.global_step, time.monotonic()
         self.last_model_path = str(self.path)

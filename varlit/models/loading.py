@@ -218,7 +218,7 @@ def load_checkpoint(
     flag: str = "--weights",
     preset: str | None = None,
 ) -> nn.Module:
-    what = "VAE checkpoint" if flag == "--vae_weights" else "transformer checkpoint"
+    what = "VAE checkpoint" if flag.endswith("vae_weights") else "transformer checkpoint"
     path = resolve(spec, repo, what, flag, preset)
     state = read_state_dict(path, subkey)
     if subkey == "vae":
