@@ -20,6 +20,8 @@ commands:
   sample                  generate PNGs from a preset, checkpoint and optional subject adapter
   eval                    DreamBench-style evaluation of subject adapters
   compare                 two eval folders side by side: table and picture (`varlit compare --before B --after A`)
+  export                  a LoRA adapter as a peft folder with a model card (`varlit export --adapter A --out DIR`)
+  push                    export, then upload to the Hugging Face hub (`varlit push --adapter A --repo user/name`)
   download                fetch a preset's released weights (`varlit download --preset infinity-2b`)
   data                    dataset helpers (`varlit data dreambench [--out data/dreambench]`)
   bench                   speed and memory benchmarks
@@ -114,6 +116,16 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
 
         return run_function(compare_evals, argv, "varlit compare")
 
+    def export(argv: list[str]) -> object:
+        from .commands.share import export_adapter
+
+        return run_function(export_adapter, argv, "varlit export")
+
+    def push(argv: list[str]) -> object:
+        from .commands.share import push_adapter
+
+        return run_function(push_adapter, argv, "varlit push")
+
     def pretrain(argv: list[str]) -> object:
         from .pretrain.cli import main as pretrain_main
 
@@ -131,6 +143,8 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
         "sample": sample,
         "eval": evaluate,
         "compare": compare,
+        "export": export,
+        "push": push,
         "download": download,
         "data": data,
         "bench": bench,

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from PIL import Image
 
 from .models.infinity import Infinity
 from .models.loading import load_checkpoint
 from .models.presets import Preset, get_preset
-from .models.sampler import SampleOutput, SamplingConfig, make_generator, sample
+from .models.sampler import SampleOutput, SamplingConfig, make_generator, sample, to_uint8
 from .models.schedules import Schedule
 from .models.text import TextBatch, TextEncoder
 from .models.vae import BSQVAE
@@ -159,6 +161,84 @@ class Pipeline:
         te.to(dev)
         return cls(p, model.eval().requires_grad_(False), vae.eval().requires_grad_(False), te)
 
+    # ---- diffusers' shape: from_pretrained, load_adapter / unload_adapter, pipe(prompt), to(device) ----------
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str = "world", device: str = "cpu", dtype: str = "auto", init_seed: int = 0
+    ) -> Pipeline:
+        """A preset name (`world`, `tiny`, `infinity-2b` ...), or a folder written by `varlit export` / a hub
+        repo id of one: then the base model its adapter records, with the adapter applied."""
+        from pathlib import Path
+
+        from .models.presets import UnknownPresetError
+
+        folder = Path(name_or_path).expanduser()
+        if not folder.is_dir():
+            try:
+                get_preset(name_or_path)
+                return cls.load(name_or_path, device=device, dtype=dtype, init_seed=init_seed)
+            except UnknownPresetError:
+                if "/" not in name_or_path:
+                    raise
+            folder = _hub_folder(name_or_path)
+        adapter = adapter_file(folder)
+        from .tuning.adapter_source import merge_base
+
+        base = merge_base(adapter, {})
+        pipe = cls.load(
+            base["preset"],
+            base["weights"],
+            base["vae_weights"],
+            base["text_encoder"],
+            device=device,
+            dtype=dtype,
+            init_seed=base["init_seed"],
+        )
+        pipe.load_adapter(adapter)
+        return pipe
+
+    def load_adapter(self, path: str | os.PathLike):
+        """Apply a subject adapter (a varlit `.safetensors`, or a `varlit export` folder) in place; the base
+        values are kept, so `unload_adapter` restores the base exactly. Returns the adapter read."""
+        from .tuning.adapter import load_adapter as apply_adapter
+
+        return apply_adapter(self, adapter_file(path))
+
+    def unload_adapter(self) -> None:
+        """Back to the base model (no reload)."""
+        self.restore_base()
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        num_images: int = 1,
+        seed: int | None = 0,
+        sampling: SamplingConfig | None = None,
+        negative_prompt: str | None = None,
+        h_div_w: float = 1.0,
+        pn: str | None = None,
+    ) -> list[Image.Image]:
+        """`num_images` PIL images per prompt, drawn together under `seed` (the preset's own sampling
+        settings unless `sampling` is given)."""
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        batch = [p for p in prompts for _ in range(num_images)]
+        out = self.generate(
+            batch, sampling or self.preset.default_sampling(), seed, h_div_w, pn, negative_prompt
+        )
+        return [Image.fromarray(img.cpu().numpy()) for img in to_uint8(out.images_B3HW)]
+
+    def to(self, device: str | torch.device) -> Pipeline:
+        """Move every part (transformer, VAE, T5, subject vectors) to `device`; returns the pipeline."""
+        check_device(str(device))
+        dev = torch.device(device)
+        for part in (self.model, self.vae, self.text_encoder, self.subject):
+            if part is not None:
+                part.to(dev)
+        return self
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -225,6 +305,41 @@ class Pipeline:
                 patchify=self.preset.patchify,
                 negative=negative,
             )
+
+
+ADAPTER_IN_FOLDER = "varlit_adapter.safetensors"  # the varlit adapter inside a `varlit export` folder
+
+
+def adapter_file(path: str | os.PathLike) -> str:
+    """A varlit adapter file, or the one inside a `varlit export` folder."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        inside = p / ADAPTER_IN_FOLDER
+        if not inside.is_file():
+            raise FileNotFoundError(
+                f"{p} holds no {ADAPTER_IN_FOLDER}: not a folder written by `varlit export`"
+            )
+        return str(inside)
+    return str(p)
+
+
+def _hub_folder(repo_id: str):
+    """A hub repo written by `varlit push`, from the cache (offline) or downloaded."""
+    from pathlib import Path
+
+    from huggingface_hub import snapshot_download
+
+    from .models.hub import HubUnavailableError, local_only
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=local_only()))
+    except Exception as err:  # the hub raises many types (offline, 404, auth); one line covers them
+        raise HubUnavailableError(
+            f"cannot get {repo_id!r} from the hub ({type(err).__name__}); download it once with "
+            f"`hf download {repo_id}` or pass the folder"
+        ) from None
 
 
 def slugify(text: str, max_len: int = 60) -> str:
