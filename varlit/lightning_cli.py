@@ -198,6 +198,10 @@ def preflight(cfg: Any, subcommand: str) -> None:
     subject_dir = cfg.get("data.subject_dir")
     if subject_dir and not Path(subject_dir).expanduser().is_dir():
         raise ValueError(f"data.subject_dir: {subject_dir} is not a folder (--data.subject_dir)")
+    if cfg.get("data.instance_prompt") and cfg.get("model.freeze.subject_embedding"):
+        # A DreamBooth-style identifier is a word of the prompt: nothing to learn in the text.
+        cfg["model.freeze.subject_embedding"] = False
+        print("data.instance_prompt: a rare-token identifier, no learned subject vectors")
     subject = cfg.get("data.subject")
     if subject and not subject_dir and not world_subjects.is_world_spec(subject):
         from .data import dreambench

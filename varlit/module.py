@@ -504,6 +504,7 @@ class SubjectTuningModule(pl.LightningModule):
         }
         # a data module without one (a test's stand-in): the header simply lacks it
         out["instance_prompt"] = dm.instance_prompt if hasattr(type(dm), "instance_prompt") else None
+        out["identifier"] = dm.identifier if hasattr(type(dm), "identifier") else None  # rare-token runs
         return out
 
     def _build_optimizer(self) -> torch.optim.Optimizer:

@@ -301,6 +301,7 @@ class SubjectDataModule(LightningDataModule):
         pn: str | None = None,
         aspect: Aspect = "square",
         instance_template: str = DEFAULT_INSTANCE_TEMPLATE,
+        instance_prompt: str | None = None,
         photo_captions: str | None = None,
         caption_from_filename: bool = False,
         class_templates: list[str] | None = None,
@@ -351,7 +352,13 @@ class SubjectDataModule(LightningDataModule):
                 f"data.photo_captions={photo_captions!r} and data.caption_from_filename=true both caption the "
                 "photos; keep one (--data.photo_captions null, or --data.caption_from_filename false)"
             )
-        if PLACEHOLDER not in instance_template:
+        if instance_prompt is not None and PLACEHOLDER in instance_prompt:
+            raise ValueError(
+                f"data.instance_prompt={instance_prompt!r} holds {PLACEHOLDER}: it is for a rare-token "
+                f"identifier without learned vectors (e.g. 'a photo of sks {{class}}'); for the learned token "
+                "use data.instance_template"
+            )
+        if instance_prompt is None and PLACEHOLDER not in instance_template:
             log.warning(
                 "instance_template %r has no %s: the learned subject token is never used",
                 instance_template,
@@ -366,6 +373,7 @@ class SubjectDataModule(LightningDataModule):
         self.pn = pn
         self.aspect = aspect
         self.instance_template = instance_template
+        self.instance_prompt_given = instance_prompt
         self.photo_captions = photo_captions
         self.caption_from_filename = caption_from_filename
         self.class_templates = (
@@ -423,21 +431,42 @@ class SubjectDataModule(LightningDataModule):
 
     @property
     def instance_prompt(self) -> str:
-        return fill_template(self.instance_template, self._require_subject().class_word)
+        class_word = self._require_subject().class_word
+        if self.instance_prompt_given is not None:
+            return fill_template(self.instance_prompt_given, class_word)
+        return fill_template(self.instance_template, class_word)
+
+    @property
+    def identifier(self) -> str | None:
+        """The rare token of a DreamBooth-style `instance_prompt`: the word right before the class word
+        ("a photo of sks dog" -> "sks"). It stands where `<placeholder>` stands in captions and validation
+        prompts; None when the subject is the learned token."""
+        if self.instance_prompt_given is None:
+            return None
+        class_word = self._require_subject().class_word
+        words = self.instance_prompt.split()
+        at = [i for i, w in enumerate(words) if w.strip(".,") == class_word]
+        if not at or at[0] == 0:
+            raise SubjectError(
+                f"data.instance_prompt={self.instance_prompt_given!r}: put the identifier right before the "
+                f"class word {class_word!r}, e.g. 'a photo of sks {{class}}'"
+            )
+        return words[at[0] - 1]
+
+    def _with_identifier(self, prompt: str) -> str:
+        return prompt.replace(PLACEHOLDER, self.identifier) if self.identifier else prompt
 
     @property
     def photo_prompts(self) -> dict[str, str]:
         """Photo file name -> its own instance prompt, from `photo_captions` or the file names
         (`caption_from_filename`); empty without either option."""
         if self.caption_from_filename:
-            subject = self._require_subject()
+            self._require_subject()
             out = {}
             for photo in self.photos:
                 phrase = filename_phrase(photo.path.name)
                 if phrase:
-                    out[photo.path.name] = (
-                        f"{fill_template(self.instance_template, subject.class_word)} {phrase}"
-                    )
+                    out[photo.path.name] = f"{self.instance_prompt} {phrase}"
             return out
         if self.photo_captions is None:
             return {}
@@ -463,7 +492,7 @@ class SubjectDataModule(LightningDataModule):
                 raise SubjectError(f"{path}, line {n}: {name!r} is not one of the subject's photos")
             if PLACEHOLDER not in template:
                 raise SubjectError(f"{path}, line {n}: the prompt {template!r} has no {PLACEHOLDER}")
-            out[name] = fill_template(template, subject.class_word)
+            out[name] = self._with_identifier(fill_template(template, subject.class_word))
         return out
 
     def caption_report(self) -> str:
@@ -516,7 +545,7 @@ class SubjectDataModule(LightningDataModule):
             templates = world_subjects.own_val_templates(list(self.photo_prompts.values()))
         elif templates is None:
             templates = DEFAULT_VAL_PROMPTS_LIVE if subject.live else DEFAULT_VAL_PROMPTS_OBJECT
-        return [fill_template(t, subject.class_word) for t in templates]
+        return [self._with_identifier(fill_template(t, subject.class_word)) for t in templates]
 
     # ------------------------------------------------------------------ Lightning hooks
 

@@ -253,8 +253,11 @@ def plan_subjects(cfg: EvalConfig, data: dict[str, Any], run: RunConfig, preset:
     adapters = resolve_adapters(cfg.adapters, subject_names, run)
     plans = []
     for (subject, photos, live, captions), adapter in zip(loaded, adapters):
+        identifier = None
         if adapter is not None:
             meta = check_adapter_header(adapter, preset)
+            recorded = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+            identifier = recorded.get("identifier")  # a rare-token adapter: its word, not <placeholder>
             trained_on = meta.get("class_word")
             if trained_on and trained_on != subject.class_word:
                 log.warning(
@@ -276,7 +279,9 @@ def plan_subjects(cfg: EvalConfig, data: dict[str, Any], run: RunConfig, preset:
                 else default_templates(live)
             )
         prompts = [
-            make_prompt(t, subject.class_word, cfg.clip_t_text, placeholder=adapter is not None)
+            make_prompt(
+                t, subject.class_word, cfg.clip_t_text, placeholder=adapter is not None, identifier=identifier
+            )
             for t in chosen
         ]
         plans.append(

@@ -269,8 +269,11 @@ def load_adapter(pipe: Pipeline, path: str | os.PathLike) -> Adapter:
         emb.vectors.data.copy_(adapter.subject_vectors)
         pipe.set_subject(emb.to(pipe.device), adapter.meta.get("placeholder", PLACEHOLDER))
     else:
-        _warn_once(
-            f"nv:{path}", f"{path}: adapter has no subject vectors; {PLACEHOLDER} in prompts is plain text"
-        )
+        data = adapter.meta.get("data") if isinstance(adapter.meta.get("data"), dict) else {}
+        if not data.get("identifier"):  # a rare-token adapter has no vectors by design
+            _warn_once(
+                f"nv:{path}",
+                f"{path}: adapter has no subject vectors; {PLACEHOLDER} in prompts is plain text",
+            )
         pipe.set_subject(None, None)
     return adapter
