@@ -1,4 +1,5 @@
-"""DreamBooth's identifier as an option: `--data.instance_prompt "a photo of sks {class}"`, no learned vectors."""
+"""DreamBooth's identifier (`--data.instance_prompt "a photo of sks {class}"`, no learned vectors) and the
+planning of the two design-choice sweeps it and the caption choice come with."""
 
 from __future__ import annotations
 
@@ -88,3 +89,13 @@ def test_ablate_identifier_plans_learned_against_rare_token_on_every_world_subje
         "dome_house",
         "banded_fish",
     }
+
+
+def test_ablate_captions_plans_captions_against_one_prompt_on_every_world_subject(tmp_path):
+    opts = SweepOptions(configs=[WORLD], subjects=["all"], seeds=[0, 1, 2], root=str(tmp_path))
+    specs = plan(SWEEPS["ablate-captions"], opts)
+    assert len(specs) == 8 * 2 * 3
+    single = [s for s in specs if s.variant.name == "single-prompt"]
+    assert all("--data.photo_captions=null" in s.fit_args for s in single)
+    captioned = [s for s in specs if s.variant.name == "captions"]
+    assert all("--data.photo_captions=captions.txt" in s.fit_args for s in captioned)

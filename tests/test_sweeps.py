@@ -66,8 +66,10 @@ def test_sweeps_have_the_required_variants():
         "ablate-distill",
         "ablate-adapter",
         "ablate-identifier",
+        "ablate-captions",
     }
     assert SWEEPS["ablate-identifier"].names == ["learned", "rare-token"]
+    assert SWEEPS["ablate-captions"].names == ["captions", "single-prompt"]
     assert SWEEPS["ablate-adapter"].names == ["full", "lora-r4", "lora-r16", "lora-r64"]
     assert {"all", "sa", "ca", "ffn", "ca+ffn", "early-half", "late-half"} <= set(
         SWEEPS["ablate-layers"].names

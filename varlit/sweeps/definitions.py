@@ -140,6 +140,15 @@ def _identifier(name: str, learned: bool, note: str) -> Variant:
     return Variant(name, overrides, note)
 
 
+def _captions(name: str, captions: str | None, note: str) -> Variant:
+    """Each photo's own caption (a file in the subject folder) or one prompt for every photo."""
+    return Variant(
+        name,
+        (f"--data.photo_captions={captions or 'null'}", "--data.caption_from_filename=false"),
+        note,
+    )
+
+
 SWEEPS: dict[str, Sweep] = {
     s.name: s
     for s in (
@@ -212,6 +221,14 @@ SWEEPS: dict[str, Sweep] = {
                 _adapter("lora-r4", "lora", 4, "LoRA rank 4 on every CA and FFN linear layer"),
                 _adapter("lora-r16", "lora", 16, "LoRA rank 16 on every CA and FFN linear layer"),
                 _adapter("lora-r64", "lora", 64, "LoRA rank 64 on every CA and FFN linear layer"),
+            ),
+        ),
+        Sweep(
+            "ablate-captions",
+            "own photos without captions: one prompt for every photo against each photo's context named",
+            (
+                _captions("captions", "captions.txt", "each photo's caption names its context (world.yaml)"),
+                _captions("single-prompt", None, "ARBooth's single prompt: what own photos get by default"),
             ),
         ),
         Sweep(
