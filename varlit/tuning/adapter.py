@@ -254,7 +254,8 @@ def load_adapter(pipe: Pipeline, path: str | os.PathLike) -> Adapter:
         if here != trained_on:
             raise CheckpointError(
                 f"{path}: adapter was trained on another base model (weights {adapter.meta.get('weights')!r}, "
-                f"fingerprint {trained_on}; this base: {here}); load that base (--weights / --init_seed)"
+                f"fingerprint {trained_on}; this base: {here}); leave the base-model flags out (sample: "
+                "--weights, --init_seed; eval: --model.*) to load the base it records"
             )
     else:
         _warn_once(f"fp:{path}", f"{path}: adapter records no base fingerprint; cannot check its base model")
