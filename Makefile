@@ -109,7 +109,7 @@ sweep_opts = --config $(CONFIG) --root $(ROOT) $(if $(strip $(SUBJECTS)),--subje
 sweep_run = $(if $(filter 1,$(JOBS)),$(BIN)/python -m varlit.sweeps run $(1) $(sweep_opts),\
 	$(BIN)/python -m varlit.sweeps launch $(1) --gpus cpu:$(JOBS) --per run $(sweep_opts))
 
-.PHONY: ablate-layers ablate-scales ablate-distill ablate-adapter ablate-all
+.PHONY: ablate-layers ablate-scales ablate-distill ablate-adapter ablate-identifier ablate-captions ablate-all
 
 ablate-layers: install ## layer selection (all, sa, ca, ffn, ca+ffn, early/late half) -> $(ROOT)/ablate-layers/summary.*
 	$(call sweep_run,ablate-layers)
@@ -122,6 +122,12 @@ ablate-distill: install ## prior distillation (none, soft 0.1/0.5/1, hard, bank)
 
 ablate-adapter: install ## full CA+FFN vs LoRA r4/r16/r64 (peft) -> $(ROOT)/ablate-adapter/summary.*
 	$(call sweep_run,ablate-adapter)
+
+ablate-identifier: install ## learned subject vectors (ARBooth) vs a rare token 'sks' (DreamBooth) -> $(ROOT)/ablate-identifier/summary.*
+	$(call sweep_run,ablate-identifier)
+
+ablate-captions: install ## per-photo captions vs one prompt for every photo (world subjects) -> $(ROOT)/ablate-captions/summary.*
+	$(call sweep_run,ablate-captions)
 
 ablate-steps: install ## tuning steps against fidelity and drift: ablate-distill's none / soft-0.5 arms validated every CURVE_EVERY steps -> $(ROOT)/ablate-distill/curve.*
 	$(MAKE) ablate-distill VARIANTS="none soft-0.5" ARGS="--trainer.val_check_interval=$(or $(CURVE_EVERY),25) $(ARGS)"

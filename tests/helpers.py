@@ -63,3 +63,33 @@ class BatchPathRecorder(pl.Callback):
         names = " ".join(Path(p).name for p in batch.paths)
         with open(self.folder / f"rank{trainer.global_rank}.txt", "a") as f:
             f.write(f"{trainer.global_step} {names}\n")
+
+
+class SigintAt(pl.Callback):
+    """Sends this process a SIGINT (a Ctrl-C) after training step `step` (`--trainer.callbacks+=...`)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import os
+        import signal
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class PoisonTrainable(pl.Callback):
+    """Writes NaN into the first trainable tensor before training step `step`: the next loss is NaN (pins the
+    loss check's wiring: the gradient check would otherwise catch it one backward later)."""
+
+    def __init__(self, step: int = 0):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        import torch
+
+        if trainer.global_step == self.step:
+            name = sorted(pl_module.mask.trainable)[0]
+            with torch.no_grad():
+                dict(pl_module.student.named_parameters())[name].fill_(float("nan"))

@@ -61,6 +61,7 @@ def test_missing_tensors_are_refused_by_name(adapter, tmp_path):
 
 
 def test_an_adapter_of_another_base_is_refused(adapter, capsys, tmp_path):
+    # the command line: a base flag that contradicts the adapter's record is refused by name (issue 20)
     argv = ["sample", "--prompts", '["a photo of <placeholder> toy"]', "--out_dir", str(tmp_path / "s")]
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
@@ -68,7 +69,11 @@ def test_an_adapter_of_another_base_is_refused(adapter, capsys, tmp_path):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("varlit sample: error: ") and str(adapter) in err
-    assert "trained on another base model" in err and "random-init(0)" in err
+    assert "--init_seed 1 contradicts the adapter" in err and "init_seed 0" in err
+    # whatever the flags say, the fingerprint of the base the adapter is put on decides
+    pipe = Pipeline.load("tiny", device="cpu", dtype="float32", init_seed=1)
+    with pytest.raises(CheckpointError, match=r"trained on another base model .*random-init\(0\)"):
+        load_adapter(pipe, adapter)
 
 
 def test_missing_subject_vectors_and_unknown_tensors_are_refused(adapter, tmp_path):

@@ -35,7 +35,10 @@ def _eval_folder(
     overall = {"dino": None, "judge_subject_rate": rate, "judge_context_acc": context, "judge_leakage": 0.0}
     data = {
         "overall": overall,
-        "subjects": {subject: {"prompts": prompts, "class_prompt": "a photo of a cup"}},
+        "subjects": {
+            subject: {"prompts": prompts, "class_prompt": "a photo of a cup", "num_class_samples": 2}
+        },
+        "settings": {"seeds": [0, 1, 2]},
     }
     (root / "metrics.json").write_text(json.dumps(data))
     return root
@@ -62,6 +65,9 @@ def test_compare_writes_the_table_and_the_side_by_side_picture(tmp_path, capsys)
     assert "| context accuracy (prompt's context drawn) | ↑ | 100.0 % | 50.0 % |" in printed
     assert "| leakage (bare class prompt drawn as the subject) | ↓ | 0.0 % | 0.0 % |" in printed
     assert "DINO" not in printed  # absent from both folders: no row
+    n = len(TEMPLATES)  # which samples the scores rest on (a fit's validation scores others)
+    assert f"before: {n} prompts x 3 seeds = {3 * n} samples, 2 class-prompt samples" in printed
+    assert "not on a fit's validation samples" in printed
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
     rate = next(r for r in rows if r["metric"] == "judge_subject_rate")
     assert rate["before"] == 0.0 and rate["after"] == 0.75 and rate["change"] == pytest.approx(0.75)

@@ -26,6 +26,17 @@ def test_huge_lr_stops_at_the_first_nan_with_one_line_and_no_adapter(tmp_path, c
     assert not list(run.glob("adapter*.safetensors"))
 
 
+def test_a_nan_loss_is_stopped_by_the_loss_check_before_any_backward(tmp_path, capsys):
+    """The loss check's own wiring: a NaN instance loss is named as a loss (the gradient check, which would
+    catch it one backward later, names a gradient)."""
+    poison = ["--trainer.callbacks+=tests.helpers.PoisonTrainable", "--trainer.callbacks.step=1"]
+    line = _fails(_fit(tmp_path, "nan", 3, *poison), capsys)
+    assert line.startswith("varlit fit: error: training diverged at step 1: the instance loss is nan (lr "), (
+        line
+    )
+    assert not list((tmp_path / "runs" / "nan").glob("adapter*.safetensors"))
+
+
 def test_checks_name_the_loss_and_the_gradient():
     with pytest.raises(DivergenceError, match=r"at step 9: the prior loss is nan \(lr 1000\)"):
         check_losses(9, {"instance": torch.tensor(0.5), "prior": torch.tensor(float("nan"))}, 1e3)

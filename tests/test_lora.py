@@ -101,16 +101,28 @@ def test_at_step_0_lora_output_equals_the_base_exactly(freeze, init):
     assert torch.equal(_logits(m.student), _logits(_base()))
 
 
-def test_lora_on_the_attention_qkv_and_text_kv_is_live():
-    """The attentions read mat_qkv / mat_kv with an outside bias: a wrapped layer must still apply LoRA."""
-    for kind, layer in (("sa", "sa.mat_qkv"), ("ca", "ca.mat_kv")):
-        spec = FreezeConfig(preset=None, trainable=[TrainableSpec(modules=[kind], blocks="0")])
-        m = SubjectTuningModule(preset="tiny", freeze=spec, adapter=_lora())
-        base = _logits(m.student)
-        b = dict(m.student.named_parameters())[f"block_chunks.0.module.0.{layer}.lora_B.default.weight"]
-        with torch.no_grad():
-            b.fill_(0.1)
-        assert not torch.allclose(_logits(m.student), base), layer
+@pytest.mark.parametrize(
+    ("kind", "layer", "alpha", "scaling"),
+    [("sa", "sa.mat_qkv", None, 1.0), ("ca", "ca.mat_kv", None, 1.0), ("ca", "ca.mat_kv", 8.0, 2.0)],
+)
+def test_lora_on_the_attention_qkv_and_text_kv_is_live(kind, layer, alpha, scaling):
+    """The attentions read mat_qkv / mat_kv with an outside bias: a wrapped layer must still apply LoRA, and
+    apply it as W + (alpha / r) B A, alpha defaulting to r (scaling 1): the logits equal those of the base
+    with that update added to the weight by hand."""
+    spec = FreezeConfig(preset=None, trainable=[TrainableSpec(modules=[kind], blocks="0")])
+    m = SubjectTuningModule(preset="tiny", freeze=spec, adapter=_lora(rank=4, alpha=alpha))
+    prefix = f"block_chunks.0.module.0.{layer}"
+    params = dict(m.student.named_parameters())
+    a, b = params[f"{prefix}.lora_A.default.weight"], params[f"{prefix}.lora_B.default.weight"]
+    with torch.no_grad():
+        b.copy_(torch.randn(b.shape, generator=torch.Generator().manual_seed(3)) * 0.05)
+    base = _base()
+    before = _logits(base)
+    with torch.no_grad():
+        dict(base.named_parameters())[f"{prefix}.weight"].add_(scaling * b @ a)
+    by_hand = _logits(base)
+    assert (by_hand - before).abs().max() > 1e-3  # the update is not negligible
+    torch.testing.assert_close(_logits(m.student), by_hand, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ what trains

@@ -329,6 +329,19 @@ def test_validation_metrics_score_clip_t_on_text_without_the_placeholder(tmp_pat
         assert "<placeholder>" not in ps.text and "<placeholder>" in ps.prompt
     # the logged CLIP-T is the one computed against the placeholder-free texts
     torch.testing.assert_close(scores.clip_t, metrics.score(samples).clip_t)
+    # which prompt drew which sample: each prompt's CLIP-T is over exactly the images of that prompt,
+    # against that prompt's own text (by hand: cosine of normalised features, averaged)
+    assert sorted(ps.prompt for ps in scores.prompts) == sorted(set(samples.prompts))
+    img = torch.nn.functional.normalize(metrics.clip_image_features(samples.images), dim=-1)
+    for ps in scores.prompts:
+        idx = [i for i, p in enumerate(samples.prompts) if p == ps.prompt]
+        assert ps.num_images == len(idx) >= 1
+        assert ps.text == samples.texts[idx[0]]
+        txt = torch.nn.functional.normalize(metrics.clip_text_features([ps.text]), dim=-1)
+        torch.testing.assert_close(ps.clip_t, (img[idx] @ txt[0]).mean(), rtol=1e-4, atol=1e-5)
+    # PRES: the photos against the bare class prompt's samples (not the subject prompts' images)
+    torch.testing.assert_close(scores.pres, metrics.pres(samples.reference, samples.class_images))
+    assert not torch.allclose(scores.pres, metrics.pres(samples.reference, samples.images[:2]))
 
 
 def test_bf16_recipe_tracks_the_float32_run(tmp_path, subject_dir, cache_dir):

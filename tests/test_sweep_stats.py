@@ -139,9 +139,17 @@ def test_summary_chart_draws_intervals(seeded_sweep):
     plot = range(80, img.height)  # below the title and the legend
     xs = [x for x in range(img.width) if any(px[x, y] == subject for y in plot)]
     bar = xs[: chart_mod.BAR_W - 3]  # the first variant's subject-rate bar
-    top = min(y for y in plot if px[bar[len(bar) // 2], y] == subject)
-    ink_above = [(x, y) for x in bar for y in range(top - 40, top) if px[x, y] == chart_mod.INK]
-    assert ink_above, "the 95 % interval is drawn above the bar's top"
+    mid = bar[0] - 1 + chart_mod.BAR_W // 2  # the bar is drawn from bx + 1; its interval at bx + BAR_W // 2
+    top = min(y for y in plot if px[bar[0], y] == subject)  # the mean (the bar's edge column has no ink)
+    ink = chart_mod.INK
+    # an interval: one unbroken vertical ink line through the mean, symmetric about it, capped at both ends
+    up = next(k for k in range(1, top) if px[mid, top - k] != ink) - 1
+    down = next(k for k in range(1, img.height - top) if px[mid, top + k] != ink) - 1
+    assert up >= 5 and abs(up - down) <= 1, (up, down)
+    for y in (top - up, top + down):
+        assert all(px[x, y] == ink for x in range(mid - 3, mid + 4)), f"no cap at y={y}"
+        assert px[mid - 4, y] != ink and px[mid + 4, y] != ink
+    assert all(px[x, top - up // 2] != ink for x in (mid - 2, mid + 2))  # a line, not a block of ink
 
 
 def test_validation_curve_and_last_validation_fallback(seeded_sweep):

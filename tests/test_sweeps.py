@@ -60,7 +60,16 @@ TINY_EVAL = [
 
 
 def test_sweeps_have_the_required_variants():
-    assert set(SWEEPS) == {"ablate-layers", "ablate-scales", "ablate-distill", "ablate-adapter"}
+    assert set(SWEEPS) == {
+        "ablate-layers",
+        "ablate-scales",
+        "ablate-distill",
+        "ablate-adapter",
+        "ablate-identifier",
+        "ablate-captions",
+    }
+    assert SWEEPS["ablate-identifier"].names == ["learned", "rare-token"]
+    assert SWEEPS["ablate-captions"].names == ["captions", "single-prompt"]
     assert SWEEPS["ablate-adapter"].names == ["full", "lora-r4", "lora-r16", "lora-r64"]
     assert {"all", "sa", "ca", "ffn", "ca+ffn", "early-half", "late-half"} <= set(
         SWEEPS["ablate-layers"].names
@@ -110,7 +119,7 @@ def test_every_variant_makes_a_valid_fit_config(tmp_path):
         def before_instantiate_classes(self) -> None:
             raise _Parsed(self.config)
 
-    seen = {}
+    seen, identifier_prompts = {}, {}
     for sweep in SWEEPS.values():
         for spec in plan(sweep, SweepOptions(configs=[TINY], steps=3, root=str(tmp_path))):
             with pytest.raises(_Parsed) as info:
@@ -125,6 +134,7 @@ def test_every_variant_makes_a_valid_fit_config(tmp_path):
             assert model.prior.loss in PRIOR_LOSSES and model.prior.source in PRIOR_SOURCES
             PriorBankConfig(**model.prior.bank.as_dict()).validate()
             seen[spec.name] = model
+            identifier_prompts[spec.name] = cfg.data.instance_prompt
     layers = "ablate-layers/toy"
     assert seen[f"{layers}/ca+ffn"].freeze.preset == "arbooth"
     assert seen[f"{layers}/all"].freeze.preset == "all-layers"  # the paper's all layers: SA+CA+FFN
@@ -138,6 +148,10 @@ def test_every_variant_makes_a_valid_fit_config(tmp_path):
     assert Path(bank.bank.root) == tmp_path / "ablate-distill" / "toy" / "soft-0.5-bank" / "prior_bank"
     hard = seen["ablate-distill/toy/hard"].prior
     assert (hard.loss, hard.weight, hard.source) == ("hard", 0.5, "online")
+    learned, rare = seen["ablate-identifier/toy/learned"], seen["ablate-identifier/toy/rare-token"]
+    assert learned.freeze.subject_embedding and not rare.freeze.subject_embedding
+    assert identifier_prompts["ablate-identifier/toy/rare-token"] == "a photo of a sks {class}"
+    assert identifier_prompts["ablate-identifier/toy/learned"] is None
 
 
 # ------------------------------------------------------------------ subjects and config values

@@ -230,7 +230,15 @@ def test_pretrain_cli_continues_the_shipped_world_and_writes_loadable_weights(tm
     out = tmp_path / "cont" / "infinity.safetensors"
     model, _ = get_preset("world").build("meta")
     load_checkpoint(model, str(out), "unused")  # strict
-    assert (tmp_path / "cont" / "checkpoints" / "last.ckpt").exists()
+    ckpt = torch.load(tmp_path / "cont" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    # the exported weights are the trained ones: they moved away from the shipped start, and finitely
+    from varlit.models.loading import read_state_dict
+
+    start, trained = read_state_dict(WORLD_DIR / "infinity.safetensors"), read_state_dict(out)
+    moved = [k for k in start if not torch.equal(start[k].float(), trained[k].float())]
+    assert len(moved) >= len(start) // 2, f"only {len(moved)} of {len(start)} tensors changed"
+    assert all(bool(torch.isfinite(t.float()).all()) for t in trained.values())
 
 
 # ----------------------------------------------------------------------------------------------------

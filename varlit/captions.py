@@ -10,11 +10,12 @@ from PIL import Image, ImageDraw, ImageFont
 LINE_HEIGHT = 11  # PIL's built-in bitmap font: about 6 x 11 px per character
 
 
-def caption_band(text: str, width: int, max_lines: int = 3) -> np.ndarray:
-    """uint8 [h, width, 3]: `text` in black on white, wrapped to the width (at most `max_lines` lines)."""
+def caption_band(text: str, width: int, max_lines: int | None = None) -> np.ndarray:
+    """uint8 [h, width, 3]: `text` in black on white, wrapped to the width (all of it by default: the end
+    of a prompt, its context, is what tells the rows of a grid apart; `max_lines` cuts it short)."""
     chars = max(4, (width - 4) // 6)
-    lines = textwrap.wrap(text, chars) or [""]
-    if len(lines) > max_lines:
+    lines = textwrap.wrap(text, chars, break_long_words=True) or [""]
+    if max_lines is not None and len(lines) > max_lines:
         lines = lines[:max_lines]
         lines[-1] = lines[-1][: chars - 3] + "..."
     band = Image.new("RGB", (width, LINE_HEIGHT * len(lines) + 4), (255, 255, 255))

@@ -19,7 +19,9 @@ commands:
   fit | validate          LightningCLI runs (see `varlit fit --help`); validate scores the run's last checkpoint
   sample                  generate PNGs from a preset, checkpoint and optional subject adapter
   eval                    DreamBench-style evaluation of subject adapters
-  compare                 two eval folders side by side: before/after table and picture (`varlit compare B A`)
+  compare                 two eval folders side by side: table and picture (`varlit compare --before B --after A`)
+  export                  a LoRA adapter as a peft folder with a model card (`varlit export --adapter A --out DIR`)
+  push                    export, then upload to the Hugging Face hub (`varlit push --adapter A --repo user/name`)
   download                fetch a preset's released weights (`varlit download --preset infinity-2b`)
   data                    dataset helpers (`varlit data dreambench [--out data/dreambench]`)
   bench                   speed and memory benchmarks
@@ -30,11 +32,22 @@ commands:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from .models.loading import CheckpointError
     from .models.presets import UnknownPresetError
     from .models.text import HubUnavailableError
 
-    return (ValueError, UnknownPresetError, CheckpointError, HubUnavailableError, FileNotFoundError)
+    # PermissionError: a folder os.access calls writable that refuses writes all the same (e.g. under /sys)
+    return (
+        ValueError,
+        UnknownPresetError,
+        CheckpointError,
+        HubUnavailableError,
+        FileNotFoundError,
+        PermissionError,
+        MisconfigurationException,
+    )
 
 
 def run_function(fn: Callable, argv: list[str], prog: str) -> object:
@@ -51,8 +64,11 @@ def run_function(fn: Callable, argv: list[str], prog: str) -> object:
 
 def run_lightning(argv: list[str]) -> object:
     from .lightning_cli import VarlitCLI
+    from .subject_args import replace_config_choices
 
-    return VarlitCLI(args=argv)
+    # `--data.subject_dir DIR` (or `--model.preset P`) on top of a config replaces the config's subject
+    # (preset), its captions file (weights) included
+    return VarlitCLI(args=[argv[0], *replace_config_choices(argv[1:])])
 
 
 def _commands() -> dict[str, Callable[[list[str]], object]]:
@@ -91,13 +107,24 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
 
     def evaluate(argv: list[str]) -> object:
         from .commands.eval import main as eval_main  # its own parser: reads whole fit configs
+        from .subject_args import replace_config_choices
 
-        return eval_main(argv)
+        return eval_main(replace_config_choices(argv))
 
     def compare(argv: list[str]) -> object:
         from .eval.compare import compare as compare_evals
 
         return run_function(compare_evals, argv, "varlit compare")
+
+    def export(argv: list[str]) -> object:
+        from .commands.share import export_adapter
+
+        return run_function(export_adapter, argv, "varlit export")
+
+    def push(argv: list[str]) -> object:
+        from .commands.share import push_adapter
+
+        return run_function(push_adapter, argv, "varlit push")
 
     def pretrain(argv: list[str]) -> object:
         from .pretrain.cli import main as pretrain_main
@@ -116,6 +143,8 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
         "sample": sample,
         "eval": evaluate,
         "compare": compare,
+        "export": export,
+        "push": push,
         "download": download,
         "data": data,
         "bench": bench,
@@ -156,8 +185,13 @@ def _main(argv: list[str] | None = None) -> None:
 
         apply_thread_policy()
         commands[command](rest)
+    except KeyboardInterrupt:  # Ctrl-C outside training (which saves and exits 130 itself)
+        print(f"varlit {command}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except _user_errors() as err:
         msg = str(err).strip() or type(err).__name__
+        if isinstance(err, PermissionError) and err.filename:
+            msg = f"cannot write {err.filename}: permission denied; choose an output folder you can write to"
         print(f"varlit {command}: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -14,7 +14,10 @@ class FolderError(ValueError):
 
 
 def check_writable_dir(path: str | os.PathLike, what: str) -> None:
-    """Fail with one line if `path` cannot become a writable folder, without creating anything."""
+    """Fail with one line if `path` cannot become a writable folder, leaving nothing behind.
+
+    `os.access` trusts permission bits (and says yes to root everywhere); a folder such as /sys refuses new
+    files all the same, so the nearest existing folder is also probed with a temporary file."""
     path = Path(path).expanduser()
     probe = path
     while not probe.exists():
@@ -26,6 +29,14 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> None:
         raise FolderError(f"{what} {path} is not a folder{shown}")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise FolderError(f"{what} {path} is not writable ({probe} is read-only for this user)")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".varlit-probe-", suffix=".tmp")
+    except OSError as err:
+        raise FolderError(
+            f"{what} {path} is not writable ({probe} refuses new files: {err.strerror})"
+        ) from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def atomic_write(

@@ -16,6 +16,7 @@ import difflib
 import importlib.util
 import logging
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -26,13 +27,14 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from .callbacks.adapter import AdapterCheckpoint
 from .callbacks.last_checkpoint import AtomicCheckpointIO, LastCheckpoint
 from .callbacks.run_summary import RunSummary
 from .callbacks.samples import SampleGrid
 from .callbacks.scale_losses import PerScaleLosses
+from .callbacks.validate_last import ValidateAtLastStep
 from .data import world_subjects
 from .data.datamodule import SubjectDataModule, default_cache_dir
 from .eval.config import EvalConfig
@@ -132,12 +134,16 @@ class EpochProgressBar(RichProgressBar):
 
     @property
     def total_train_batches(self) -> int | float:
-        # Lightning caps the bar at the steps left; with gradient accumulation a step takes k batches.
+        # Lightning caps the bar at the steps left, but the bar counts the epoch's batches from 0, and a
+        # resumed epoch starts at the batches it had already run ("150/115" after a resume at step 35);
+        # with gradient accumulation a step takes k batches.
         optim = getattr(self.trainer.lightning_module, "optim_cfg", None)
         k = getattr(optim, "accumulate_grad_batches", 1)
         max_steps = self.trainer.max_steps
-        if k > 1 and self.trainer.max_epochs == -1 and max_steps and max_steps > 0:
-            return min(self.trainer.num_training_batches, k * (max_steps - self.trainer.global_step))
+        if self.trainer.max_epochs == -1 and max_steps and max_steps > 0:
+            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            left = k * (max_steps - self.trainer.global_step)
+            return min(self.trainer.num_training_batches, done + left)
         return super().total_train_batches
 
 
@@ -192,6 +198,10 @@ def preflight(cfg: Any, subcommand: str) -> None:
     subject_dir = cfg.get("data.subject_dir")
     if subject_dir and not Path(subject_dir).expanduser().is_dir():
         raise ValueError(f"data.subject_dir: {subject_dir} is not a folder (--data.subject_dir)")
+    if cfg.get("data.instance_prompt") and cfg.get("model.freeze.subject_embedding"):
+        # A DreamBooth-style identifier is a word of the prompt: nothing to learn in the text.
+        cfg["model.freeze.subject_embedding"] = False
+        print("data.instance_prompt: a rare-token identifier, no learned subject vectors")
     subject = cfg.get("data.subject")
     if subject and not subject_dir and not world_subjects.is_world_spec(subject):
         from .data import dreambench
@@ -232,6 +242,13 @@ class VarlitCLI(LightningCLI):
             failed = False
         except SIGTERMException:
             raise SystemExit(143) from None  # preempted: last.ckpt was written at the step boundary
+        except SystemExit as exc:
+            trainer = getattr(self, "trainer", None)
+            if exc.code == 1 and trainer is not None and trainer.interrupted:
+                # Ctrl-C: Lightning shut down after last.ckpt was written and exits 1; the shell's code is 130
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning left SIGINT ignored
+                raise SystemExit(130) from None
+            raise
         finally:
             if self.run_folder is not None:
                 self.run_folder.finish(failed)
@@ -277,7 +294,13 @@ class VarlitCLI(LightningCLI):
             self.run_folder.acquire()
 
     def before_validate(self) -> None:
+        step = int(self.resume_ckpt["global_step"]) if self.resume_ckpt is not None else None
         self._check_resume_fits()
+        if step is not None:
+            # Lightning restores the step counters for fit only: the metrics row and the grid would say step 0
+            loop = self.trainer.fit_loop.epoch_loop
+            loop.manual_optimization.optim_step_progress.total.completed = step
+            loop._batches_that_stepped = step
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -332,6 +355,7 @@ class VarlitCLI(LightningCLI):
                 keep_last=run.adapter_keep_last,
             ),
             SampleGrid(),
+            ValidateAtLastStep(),
             PerScaleLosses(),
             RunSummary(),
         ]
@@ -349,4 +373,10 @@ class VarlitCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())  # checkpoints written atomically next to their final name
         config["plugins"] = plugins
-        return super()._instantiate_trainer(config, [])
+        try:
+            return super()._instantiate_trainer(config, [])
+        except MisconfigurationException as err:  # e.g. --trainer.max_steps -5: Lightning's own check
+            first = str(err).strip().splitlines()[0]
+            field = re.search(r"`(\w+)`", first)
+            flag = f"--trainer.{field.group(1)}" if field else "the --trainer.* flags (varlit fit --help)"
+            raise ValueError(f"trainer: {first} (check {flag})") from None

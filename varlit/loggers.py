@@ -20,6 +20,7 @@ class RunConfig:
     name: str = "default"
     root: str = "runs"
     wandb: bool = True
+    tensorboard: bool = False  # TensorBoard event files in <run dir>/tensorboard (with or instead of wandb)
     project: str = "varlit"
     group: str | None = None  # one per sweep: the dashboards group ablation variants by it
     tags: list[str] = field(default_factory=list)  # one per variant
@@ -89,8 +90,22 @@ def wandb_offline() -> bool:
 
 
 def make_loggers(run: RunConfig) -> list[Logger]:
-    """CSV metrics in the run folder; wandb beside them unless switched off or not installed."""
+    """CSV metrics in the run folder; TensorBoard with `run.tensorboard`; wandb beside them unless switched
+    off or not installed."""
     loggers: list[Logger] = [AppendingCSVLogger(save_dir=str(run.dir), name="", version="csv")]
+    if run.tensorboard:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "run.tensorboard: the tensorboard package is not installed (pip install 'tensorboard>=2.14')"
+            ) from None
+        # default_hp_metric off: no meaningless "hp_metric = -1" scalar in every run
+        loggers.append(
+            TensorBoardLogger(save_dir=str(run.dir), name="", version="tensorboard", default_hp_metric=False)
+        )
     if run.wandb:
         try:
             import wandb  # noqa: F401

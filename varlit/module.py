@@ -237,7 +237,13 @@ class SubjectTuningModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold only the trainable tensors
 
         student, vae = load_base(
-            self.preset, weights, vae_weights, torch.device(init_device), torch.float32, init_seed
+            self.preset,
+            weights,
+            vae_weights,
+            torch.device(init_device),
+            torch.float32,
+            init_seed,
+            flags=("--model.weights", "--model.vae_weights"),
         )
         self.student: Infinity = student
         self.student.gradient_checkpointing = gradient_checkpointing
@@ -296,6 +302,9 @@ class SubjectTuningModule(pl.LightningModule):
             raise ValueError(f"embedding.num_vectors must be >= 1, got {subject.num_vectors}")
         _check_choice(subject.init, ("zeros", "class"), "embedding.init")
         _check_choice(loss_reduction, ("per_token", "per_scale_mean"), "loss_reduction")
+        scale_weights.validate(where="scale_weights")  # the length of an explicit list: at the first batch
+        if prior.scale_weights is not None:
+            prior.scale_weights.validate(where="prior.scale_weights")
         self_correction.validate("self_correction")
         _check_choice(prior.loss, PRIOR_LOSSES, "prior.loss")
         _check_choice(prior.source, PRIOR_SOURCES, "prior.source")
@@ -457,6 +466,8 @@ class SubjectTuningModule(pl.LightningModule):
     def on_validation_start(self) -> None:
         if self.trainer.state.fn != "fit":
             self._move_frozen()
+            if self.logger is not None:  # `varlit validate` rewrites hparams.yaml: keep the freeze entries
+                self.logger.log_hyperparams(self.mask.as_hparams())
 
     def on_test_start(self) -> None:
         self._move_frozen()
@@ -480,6 +491,21 @@ class SubjectTuningModule(pl.LightningModule):
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         subject = getattr(dm, "subject", None)
         return getattr(subject, "class_word", None) or getattr(dm, "class_word", None)
+
+    def _subject_meta(self) -> dict[str, Any]:
+        """The subject an adapter was tuned on (so `varlit eval` / `sample` need not be told again)."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return {}
+        out = {
+            "subject": getattr(dm, "subject_name", None),
+            "subject_dir": getattr(dm, "subject_dir", None),
+            "class_word": self._class_word(),
+        }
+        # a data module without one (a test's stand-in): the header simply lacks it
+        out["instance_prompt"] = dm.instance_prompt if hasattr(type(dm), "instance_prompt") else None
+        out["identifier"] = dm.identifier if hasattr(type(dm), "identifier") else None  # rare-token runs
+        return out
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "name": "model"}]
@@ -611,7 +637,7 @@ class SubjectTuningModule(pl.LightningModule):
                 pb = self.teacher_samples(text.index(prompt_idx.to(text.lengths_B.device)), schedule, gen)
                 return pb.bits_BLd, pb.x_BLd_wo_prefix, pb.logits_BLV
 
-            bank.build(sample_fn, device=self.device, log=log.info)
+            bank.build(sample_fn, device=self.device, log=log.info, warn=log.warning)
         if self.trainer.world_size > 1:
             self.trainer.strategy.barrier("prior_bank")
         self._bank, self._bank_store, self._class_text = bank, bank, text
@@ -888,6 +914,7 @@ class SubjectTuningModule(pl.LightningModule):
             "base_fingerprint": self._base_fingerprint,
             "adapter": self.lora.meta(self.adapter_cfg) if self.lora is not None else {"type": "full"},
             "hparams": {k: v for k, v in self.hparams.items()},
+            "data": self._subject_meta(),
             **(extra_meta or {}),
         }
         vectors = self.subject_embedding.vectors if self.subject_embedding is not None else None

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from PIL import Image
 
 from .models.infinity import Infinity
 from .models.loading import load_checkpoint
 from .models.presets import Preset, get_preset
-from .models.sampler import SampleOutput, SamplingConfig, make_generator, sample
+from .models.sampler import SampleOutput, SamplingConfig, make_generator, sample, to_uint8
 from .models.schedules import Schedule
 from .models.text import TextBatch, TextEncoder
 from .models.vae import BSQVAE
@@ -69,13 +71,16 @@ def load_base(
     dtype: torch.dtype,
     init_seed: int = 0,
     random_init: bool | None = None,
+    flags: tuple[str, str] = ("--weights", "--vae_weights"),
 ) -> tuple[Infinity, BSQVAE]:
     """Transformer and VAE of a preset: released/local weights, or seeded random init (tiny, benchmarks).
 
     `dtype` is the blocks' dtype: as in the official code only the transformer blocks are cast (bf16 on GPU);
     every tensor outside them stays float32 (`Infinity.set_precision`). Real weights are loaded onto a
-    meta-device skeleton (no second copy in memory); the VAE stays float32.
+    meta-device skeleton (no second copy in memory); the VAE stays float32. `flags` name the options that
+    set `weights` and `vae_weights` in the calling command (`--model.weights` in `varlit fit`).
     """
+    given = {flags[0]: weights, flags[1]: vae_weights}
     weights = weights or p.weights
     vae_weights = vae_weights or p.vae_weights
     random_init = (weights is None) if random_init is None else random_init
@@ -90,13 +95,20 @@ def load_base(
         model.set_precision(dtype)
         return model, vae
     if p.bundled:
-        check_bundled(p, weights, vae_weights)
+        from pathlib import Path
+
+        from .models.loading import CheckpointError
+
+        for flag, path in given.items():  # yours: name the flag; the preset's own files: how to rebuild them
+            if path is not None and not Path(path).expanduser().exists():
+                raise CheckpointError(f"{path} not found (check {flag})")
+        check_bundled(p, *(None if given[f] else path for f, path in zip(flags, (weights, vae_weights))))
     model, vae = p.build("meta")
     # In the file's dtype, then blocks to `dtype` and the rest to float32 (one tensor at a time).
-    load_checkpoint(model, weights, p.hf_repo, dtype=None, device=device, flag="--weights", preset=p.name)
+    load_checkpoint(model, weights, p.hf_repo, dtype=None, device=device, flag=flags[0], preset=p.name)
     model.set_precision(dtype)
     if vae_weights is None:
-        raise ValueError(f"preset {p.name!r} needs vae_weights when weights are given")
+        raise ValueError(f"preset {p.name!r} needs {flags[1]} when {flags[0]} is given")
     load_checkpoint(
         vae,
         vae_weights,
@@ -104,7 +116,7 @@ def load_base(
         subkey="vae",
         dtype=torch.float32,
         device=device,
-        flag="--vae_weights",
+        flag=flags[1],
         preset=p.name,
     )
     return model, vae
@@ -148,6 +160,84 @@ class Pipeline:
         )
         te.to(dev)
         return cls(p, model.eval().requires_grad_(False), vae.eval().requires_grad_(False), te)
+
+    # ---- diffusers' shape: from_pretrained, load_adapter / unload_adapter, pipe(prompt), to(device) ----------
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str = "world", device: str = "cpu", dtype: str = "auto", init_seed: int = 0
+    ) -> Pipeline:
+        """A preset name (`world`, `tiny`, `infinity-2b` ...), or a folder written by `varlit export` / a hub
+        repo id of one: then the base model its adapter records, with the adapter applied."""
+        from pathlib import Path
+
+        from .models.presets import UnknownPresetError
+
+        folder = Path(name_or_path).expanduser()
+        if not folder.is_dir():
+            try:
+                get_preset(name_or_path)
+                return cls.load(name_or_path, device=device, dtype=dtype, init_seed=init_seed)
+            except UnknownPresetError:
+                if "/" not in name_or_path:
+                    raise
+            folder = _hub_folder(name_or_path)
+        adapter = adapter_file(folder)
+        from .tuning.adapter_source import merge_base
+
+        base = merge_base(adapter, {})
+        pipe = cls.load(
+            base["preset"],
+            base["weights"],
+            base["vae_weights"],
+            base["text_encoder"],
+            device=device,
+            dtype=dtype,
+            init_seed=base["init_seed"],
+        )
+        pipe.load_adapter(adapter)
+        return pipe
+
+    def load_adapter(self, path: str | os.PathLike):
+        """Apply a subject adapter (a varlit `.safetensors`, or a `varlit export` folder) in place; the base
+        values are kept, so `unload_adapter` restores the base exactly. Returns the adapter read."""
+        from .tuning.adapter import load_adapter as apply_adapter
+
+        return apply_adapter(self, adapter_file(path))
+
+    def unload_adapter(self) -> None:
+        """Back to the base model (no reload)."""
+        self.restore_base()
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        num_images: int = 1,
+        seed: int | None = 0,
+        sampling: SamplingConfig | None = None,
+        negative_prompt: str | None = None,
+        h_div_w: float = 1.0,
+        pn: str | None = None,
+    ) -> list[Image.Image]:
+        """`num_images` PIL images per prompt, drawn together under `seed` (the preset's own sampling
+        settings unless `sampling` is given)."""
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        batch = [p for p in prompts for _ in range(num_images)]
+        out = self.generate(
+            batch, sampling or self.preset.default_sampling(), seed, h_div_w, pn, negative_prompt
+        )
+        return [Image.fromarray(img.cpu().numpy()) for img in to_uint8(out.images_B3HW)]
+
+    def to(self, device: str | torch.device) -> Pipeline:
+        """Move every part (transformer, VAE, T5, subject vectors) to `device`; returns the pipeline."""
+        check_device(str(device))
+        dev = torch.device(device)
+        for part in (self.model, self.vae, self.text_encoder, self.subject):
+            if part is not None:
+                part.to(dev)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -215,6 +305,41 @@ class Pipeline:
                 patchify=self.preset.patchify,
                 negative=negative,
             )
+
+
+ADAPTER_IN_FOLDER = "varlit_adapter.safetensors"  # the varlit adapter inside a `varlit export` folder
+
+
+def adapter_file(path: str | os.PathLike) -> str:
+    """A varlit adapter file, or the one inside a `varlit export` folder."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        inside = p / ADAPTER_IN_FOLDER
+        if not inside.is_file():
+            raise FileNotFoundError(
+                f"{p} holds no {ADAPTER_IN_FOLDER}: not a folder written by `varlit export`"
+            )
+        return str(inside)
+    return str(p)
+
+
+def _hub_folder(repo_id: str):
+    """A hub repo written by `varlit push`, from the cache (offline) or downloaded."""
+    from pathlib import Path
+
+    from huggingface_hub import snapshot_download
+
+    from .models.hub import HubUnavailableError, local_only
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=local_only()))
+    except Exception as err:  # the hub raises many types (offline, 404, auth); one line covers them
+        raise HubUnavailableError(
+            f"cannot get {repo_id!r} from the hub ({type(err).__name__}); download it once with "
+            f"`hf download {repo_id}` or pass the folder"
+        ) from None
 
 
 def slugify(text: str, max_len: int = 60) -> str:

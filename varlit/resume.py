@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .models.loading import CheckpointError
+from .models.loading import CheckpointError, torch_load
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +29,31 @@ DATA_MAY_DIFFER = frozenset(
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """`last` -> `<run dir>/checkpoints/last.ckpt` when it exists (else a fresh start, said so); paths as given."""
+    """`last` -> `<run dir>/checkpoints/last.ckpt`; paths as given. A missing `last` is an error, not a fresh
+    start: it is most often a mistyped --run.name, and training from scratch in another folder hides that."""
     if ckpt_path != "last":
         return ckpt_path
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         return str(last)
-    log.warning("--ckpt_path last: %s does not exist yet; starting from step 0", last)
-    return None
+    root = run_dir.parent
+    runs = sorted(c.parent.parent.name for c in root.glob("*/checkpoints/last.ckpt"))
+    where = (
+        f"runs with a checkpoint under {root}: {', '.join(runs[:8])}"
+        if runs
+        else f"no run under {root} has one"
+    )
+    raise CheckpointError(
+        f"--ckpt_path last: {last} does not exist ({where}); check --run.name / --run.root, or leave "
+        "--ckpt_path out to start a new run"
+    )
 
 
-def read_fit_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint of `varlit fit` safely (no pickled code), or fail with one line."""
+def read_fit_checkpoint(path: str | Path, command: str = "varlit fit") -> dict[str, Any]:
+    """Load a Lightning checkpoint of `command` safely (no pickled code), or fail with one line.
+
+    Every tensor is read (no memory map): damaged tensor data fails here, naming the file, and not later
+    inside Lightning's restore."""
     p = Path(path).expanduser()
     where = f"--ckpt_path {p}"
     if not p.exists():
@@ -52,7 +65,7 @@ def read_fit_checkpoint(path: str | Path) -> dict[str, Any]:
     if p.stat().st_size == 0:
         raise CheckpointError(f"{where} is empty (0 bytes): a write that never finished?")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = torch_load(p, mmap=False)
     except Exception as err:  # truncated zips, random bytes, pickles with forbidden globals ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(f"{where}: cannot read it ({type(err).__name__}: {first[:200]})") from None
@@ -63,9 +76,9 @@ def read_fit_checkpoint(path: str | Path) -> dict[str, Any]:
     ):
         if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
             raise CheckpointError(
-                f"{where} is a plain state dict, not a `varlit fit` checkpoint; base weights go in --model.weights"
+                f"{where} is a plain state dict, not a `{command}` checkpoint; base weights go in --model.weights"
             )
-        raise CheckpointError(f"{where} is not a `varlit fit` checkpoint (no state_dict and global_step)")
+        raise CheckpointError(f"{where} is not a `{command}` checkpoint (no state_dict and global_step)")
     return ckpt
 
 

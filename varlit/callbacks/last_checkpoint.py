@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..io import atomic_write
+from ..models.loading import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
     ) -> None:
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+    def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Lightning's restore; a file that fails to read is named in one line (the pre-check reads it first)."""
+        try:
+            return super().load_checkpoint(path, *args, **kwargs)
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointError(
+                f"--ckpt_path {path}: cannot restore it ({type(err).__name__}: {first[:200]})"
+            ) from None
 
 
 def steps_between_saves(every_n_steps: int | None, max_steps: int) -> int:
@@ -132,7 +143,9 @@ class LastCheckpoint(ModelCheckpoint):
 
     def _write(self, trainer: pl.Trainer) -> None:
         t0 = time.monotonic()
-        trainer.save_checkpoint(str(self.path))
+        # weights_only=False: a resume needs the optimizer and loop state too. Said explicitly, because
+        # Lightning logs "`weights_only` was not set" at every save otherwise.
+        trainer.save_checkpoint(str(self.path), weights_only=False)
         self._write_seconds = time.monotonic() - t0
         self._last_step, self._last_time = trainer.global_step, time.monotonic()
         self.last_model_path = str(self.path)

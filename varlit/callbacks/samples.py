@@ -69,6 +69,11 @@ class SampleGrid(pl.Callback):
         grid = make_grid(images_grid, self.ncols, captions)
         path = run_dir(trainer) / "samples" / f"step{trainer.global_step:06d}.png"
         self.last_path = save_png(path, grid)
+        for logger in trainer.loggers:  # TensorBoard: the grid as one image per validation
+            if type(logger).__name__ == "TensorBoardLogger":
+                logger.experiment.add_image(
+                    "val/samples", grid.numpy(), trainer.global_step, dataformats="HWC"
+                )
         run = wandb_run(trainer)
         if run is not None:
             import wandb

@@ -19,9 +19,10 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from ..eval.backbones import BackboneLoadError
 from ..eval.config import EvalConfig
-from ..eval.runner import EvalResult, ModelSource, run_evaluation
+from ..eval.runner import BASE_ADAPTER, DEFAULT_ADAPTER, EvalResult, ModelSource, run_evaluation
 from ..io import check_writable_dir
 from ..loggers import RunConfig
+from ..tuning.adapter_source import AdapterBase, merge_base
 
 MODEL_FIELDS = ("preset", "weights", "vae_weights", "text_encoder", "init_seed")
 
@@ -96,16 +97,50 @@ def _plain(ns: Any) -> dict[str, Any]:
     return ns.as_dict() if isinstance(ns, Namespace) else dict(ns or {})
 
 
+def single_adapter(cfg: EvalConfig, run: RunConfig) -> Path | None:
+    """The one adapter every subject is scored with (the run's, or one `eval.adapters` path), if it exists:
+    the file whose header gives the base model and subject that flags leave out."""
+    spec = cfg.adapters
+    pattern = spec[0] if isinstance(spec, list) and len(spec) == 1 else spec
+    if pattern is None:
+        pattern = DEFAULT_ADAPTER
+    if not isinstance(pattern, str) or "{subject}" in pattern or pattern.strip().lower() == BASE_ADAPTER:
+        return None
+    path = Path(pattern.format_map({"run": run.name, "root": run.root})).expanduser()
+    return path if path.is_file() else None
+
+
+def model_and_data(
+    model: dict[str, Any], defaults: dict[str, Any], data: dict[str, Any], adapter: Path | None
+) -> tuple[ModelSource, dict[str, Any]]:
+    """The base model and subject to evaluate: what the config and flags say, and for what they leave at
+    its default, the adapter's record (a contradicting setting is refused by name)."""
+    fields = {k: model.get(k) for k in MODEL_FIELDS}
+    if adapter is None:
+        return ModelSource(**{k: v for k, v in fields.items() if v is not None}), data
+    given = {k: (None if v == defaults.get(k) else v) for k, v in fields.items()}
+    base = merge_base(adapter, given, flag="--model.{}", default_preset=str(defaults.get("preset") or "tiny"))
+    data = dict(data)
+    if not data.get("subject") and not data.get("subject_dir"):
+        recorded = AdapterBase.read(adapter)
+        data.update(subject=recorded.subject, subject_dir=recorded.subject_dir)
+        if recorded.subject_dir and not data.get("class_word"):
+            data["class_word"] = recorded.class_word
+    return ModelSource(**base), data
+
+
 def main(argv: list[str]) -> EvalResult:
     parser = build_parser()
     cfg = parser.parse_args(argv)
     init = parser.instantiate_classes(cfg)
     model = _plain(init.model)
+    defaults = _plain(parser.get_defaults().get("model"))
+    source, data = model_and_data(model, defaults, _plain(init.data), single_adapter(init.eval, init.run))
     try:
         return evaluate(
             eval=init.eval,
-            model=ModelSource(**{k: model[k] for k in MODEL_FIELDS if k in model}),
-            data=_plain(init.data),
+            model=source,
+            data=data,
             run=init.run,
             out=init.out,
         )

@@ -10,6 +10,7 @@ from ..io import atomic_write_json, check_writable_dir, save_png
 from ..models.presets import get_preset
 from ..models.sampler import SamplingConfig, to_uint8
 from ..pipeline import Pipeline, check_device, slugify
+from ..tuning.adapter_source import merge_base
 from ..tuning.subject_embedding import PLACEHOLDER
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ def plural(n: int, noun: str) -> str:
 def sample_images(
     prompts: list[str] | None = None,
     prompt_file: str | None = None,
-    preset: str = "tiny",
+    preset: str | None = None,
     weights: str | None = None,
     vae_weights: str | None = None,
     text_encoder: str | None = None,
@@ -36,7 +37,7 @@ def sample_images(
     out_dir: str = "runs/samples",
     device: str = "auto",
     dtype: str = "auto",
-    init_seed: int = 0,
+    init_seed: int | None = None,
     negative_prompt: str | None = None,
 ) -> list[Path]:
     """Generate one PNG per (prompt, seed) and a samples.json index of what made each file.
@@ -44,11 +45,13 @@ def sample_images(
     Args:
         prompts: prompts to draw; use `prompt_file` for one prompt per line.
         prompt_file: text file with one prompt per line.
-        preset: tiny, infinity-2b or infinity-8b.
-        weights: transformer checkpoint (path or file name in the hub repo); default: the preset's.
-        vae_weights: VAE checkpoint (path or hub file name); default: the preset's.
-        text_encoder: T5 hub id or folder; default: the preset's.
-        adapter: a subject adapter (.safetensors) written by `varlit fit`, applied on top of the base model.
+        preset: world, tiny, infinity-2b or infinity-8b; default: the adapter's, else tiny.
+        weights: transformer checkpoint (path or file name in the hub repo); default: the adapter's base,
+            else the preset's.
+        vae_weights: VAE checkpoint (path or hub file name); default: the adapter's base, else the preset's.
+        text_encoder: T5 hub id or folder; default: the adapter's base, else the preset's.
+        adapter: a subject adapter (.safetensors) written by `varlit fit`, applied on top of the base model
+            it records (a base flag that contradicts it is refused).
         seeds: one image per prompt and seed.
         sampling: cfg, tau, top_k, top_p (per-scale lists allowed for cfg and tau).
         h_div_w: aspect ratio h/w; must be one of the official templates.
@@ -57,7 +60,7 @@ def sample_images(
         out_dir: where PNGs and samples.json go.
         device: auto, cpu, cuda, cuda:1 ...
         dtype: auto (bf16 on GPU, float32 on CPU), float32, bfloat16.
-        init_seed: weights seed of a random-initialised preset (tiny).
+        init_seed: weights seed of a random-initialised preset (tiny); default: the adapter's, else 0.
         negative_prompt: what to steer away from: classifier-free guidance's unconditional rows use this
             prompt's features instead of the learned null text (needs cfg != 1).
     """
@@ -70,10 +73,22 @@ def sample_images(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     seeds = list(seeds) if seeds is not None else [0]
-    sampling = sampling or get_preset(preset).default_sampling()
-    get_preset(preset).schedule(h_div_w, pn)  # fail on a bad preset / aspect ratio before loading anything
     if adapter and not Path(adapter).is_file():  # before the (slow) base-model lookup
         raise FileNotFoundError(f"adapter not found: {adapter} (--adapter)")
+    given = dict(
+        preset=preset,
+        weights=weights,
+        vae_weights=vae_weights,
+        text_encoder=text_encoder,
+        init_seed=init_seed,
+    )
+    base = merge_base(adapter, given) if adapter else {**given, "preset": preset or "tiny"}
+    preset, weights, vae_weights, text_encoder = (
+        base[k] for k in ("preset", "weights", "vae_weights", "text_encoder")
+    )
+    init_seed = base["init_seed"] if base["init_seed"] is not None else 0
+    sampling = sampling or get_preset(preset).default_sampling()
+    get_preset(preset).schedule(h_div_w, pn)  # fail on a bad preset / aspect ratio before loading anything
     check_writable_dir(out_dir, "out_dir")  # before any image is generated
     if adapter:
         without = [p for p in prompt_list if PLACEHOLDER not in p]

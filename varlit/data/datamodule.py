@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -74,6 +75,13 @@ DEFAULT_VAL_PROMPTS_LIVE = (*_VAL_COMMON, "a <placeholder> {class} wearing a san
 def fill_template(template: str, class_word: str) -> str:
     """Put the class word into a prompt template (`{class}`; `<placeholder>` stays literal)."""
     return template.replace("{class}", class_word)
+
+
+def filename_phrase(name: str) -> str:
+    """The words of a photo's file name, as its context phrase: `on_the_beach-2.jpg` -> "on the beach"
+    (separators become spaces; numbered tokens such as `2` or `img0042` are left out)."""
+    words = re.split(r"[^A-Za-z0-9']+", Path(name).stem)
+    return " ".join(w for w in words if w and not any(ch.isdigit() for ch in w))
 
 
 def default_cache_dir() -> Path:
@@ -273,6 +281,11 @@ class SubjectDataModule(LightningDataModule):
     holds `<placeholder>` and may use `{class}`); the others keep `instance_template`. ARBooth and DreamBooth
     use one prompt for every photo; naming each photo's background lets the model put what is constant (the
     subject) on the placeholder and leave the background to the words that describe it.
+    `caption_from_filename` does the same from the file names (`on_the_beach.jpg` -> the instance prompt
+    followed by "on the beach"). Without either, every photo trains on the one instance prompt and the fit
+    prints a line saying so, with the background risk (measured on the world: README "The method, measured").
+    On a world preset (`world`, `world-*`) your own subject's validation prompts default to the world
+    contexts its captions do not name: the world cannot draw DreamBench's backgrounds.
     `val_samples_per_prompt` draws each validation prompt
     that many times (one RNG per batch, so the copies differ): validation metrics read off one sample per
     prompt are too noisy to follow a run by.
@@ -288,7 +301,9 @@ class SubjectDataModule(LightningDataModule):
         pn: str | None = None,
         aspect: Aspect = "square",
         instance_template: str = DEFAULT_INSTANCE_TEMPLATE,
+        instance_prompt: str | None = None,
         photo_captions: str | None = None,
+        caption_from_filename: bool = False,
         class_templates: list[str] | None = None,
         val_prompts: list[str] | None = None,
         batch_size: int = 2,
@@ -310,7 +325,9 @@ class SubjectDataModule(LightningDataModule):
         if (subject_dir is None) == (subject is None):
             raise SubjectError(
                 "give exactly one subject: subject_dir + class_word (your photos) or subject (+ dreambench_root) "
-                f"for DreamBench, or subject='world:<name>'; got subject_dir={subject_dir!r}, subject={subject!r}"
+                f"for DreamBench, or subject='world:<name>'; got subject_dir={subject_dir!r}, subject={subject!r} "
+                "(on the `varlit` command line the subject you give replaces the config's; "
+                "set the other to null: --data.subject null or --data.subject_dir null)"
             )
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
@@ -330,7 +347,18 @@ class SubjectDataModule(LightningDataModule):
             raise ValueError(f"crop_views and num_workers must be >= 0, got {crop_views}, {num_workers}")
         if subject_dir is not None:
             check_class_word(class_word, f"subject_dir={subject_dir}")
-        if PLACEHOLDER not in instance_template:
+        if photo_captions is not None and caption_from_filename:
+            raise ValueError(
+                f"data.photo_captions={photo_captions!r} and data.caption_from_filename=true both caption the "
+                "photos; keep one (--data.photo_captions null, or --data.caption_from_filename false)"
+            )
+        if instance_prompt is not None and PLACEHOLDER in instance_prompt:
+            raise ValueError(
+                f"data.instance_prompt={instance_prompt!r} holds {PLACEHOLDER}: it is for a rare-token "
+                f"identifier without learned vectors (e.g. 'a photo of sks {{class}}'); for the learned token "
+                "use data.instance_template"
+            )
+        if instance_prompt is None and PLACEHOLDER not in instance_template:
             log.warning(
                 "instance_template %r has no %s: the learned subject token is never used",
                 instance_template,
@@ -345,7 +373,9 @@ class SubjectDataModule(LightningDataModule):
         self.pn = pn
         self.aspect = aspect
         self.instance_template = instance_template
+        self.instance_prompt_given = instance_prompt
         self.photo_captions = photo_captions
+        self.caption_from_filename = caption_from_filename
         self.class_templates = (
             list(class_templates) if class_templates is not None else list(DEFAULT_CLASS_TEMPLATES)
         )
@@ -401,17 +431,52 @@ class SubjectDataModule(LightningDataModule):
 
     @property
     def instance_prompt(self) -> str:
-        return fill_template(self.instance_template, self._require_subject().class_word)
+        class_word = self._require_subject().class_word
+        if self.instance_prompt_given is not None:
+            return fill_template(self.instance_prompt_given, class_word)
+        return fill_template(self.instance_template, class_word)
+
+    @property
+    def identifier(self) -> str | None:
+        """The rare token of a DreamBooth-style `instance_prompt`: the word right before the class word
+        ("a photo of sks dog" -> "sks"). It stands where `<placeholder>` stands in captions and validation
+        prompts; None when the subject is the learned token."""
+        if self.instance_prompt_given is None:
+            return None
+        class_word = self._require_subject().class_word
+        words = self.instance_prompt.split()
+        at = [i for i, w in enumerate(words) if w.strip(".,") == class_word]
+        if not at or at[0] == 0:
+            raise SubjectError(
+                f"data.instance_prompt={self.instance_prompt_given!r}: put the identifier right before the "
+                f"class word {class_word!r}, e.g. 'a photo of sks {{class}}'"
+            )
+        return words[at[0] - 1]
+
+    def _with_identifier(self, prompt: str) -> str:
+        return prompt.replace(PLACEHOLDER, self.identifier) if self.identifier else prompt
 
     @property
     def photo_prompts(self) -> dict[str, str]:
-        """Photo file name -> its own instance prompt, from `photo_captions` (empty without the option)."""
+        """Photo file name -> its own instance prompt, from `photo_captions` or the file names
+        (`caption_from_filename`); empty without either option."""
+        if self.caption_from_filename:
+            self._require_subject()
+            out = {}
+            for photo in self.photos:
+                phrase = filename_phrase(photo.path.name)
+                if phrase:
+                    out[photo.path.name] = f"{self.instance_prompt} {phrase}"
+            return out
         if self.photo_captions is None:
             return {}
         subject = self._require_subject()
         path = subject.folder / self.photo_captions
         if not path.is_file():
-            raise SubjectError(f"data.photo_captions: {path} does not exist")
+            raise SubjectError(
+                f"data.photo_captions: {path} does not exist; write it (one '<photo file>: <prompt>' per "
+                "line) or pass --data.photo_captions null to train every photo with one prompt"
+            )
         names = {p.path.name for p in self.photos}
         out: dict[str, str] = {}
         for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -427,15 +492,40 @@ class SubjectDataModule(LightningDataModule):
                 raise SubjectError(f"{path}, line {n}: {name!r} is not one of the subject's photos")
             if PLACEHOLDER not in template:
                 raise SubjectError(f"{path}, line {n}: the prompt {template!r} has no {PLACEHOLDER}")
-            out[name] = fill_template(template, subject.class_word)
+            out[name] = self._with_identifier(fill_template(template, subject.class_word))
         return out
+
+    def caption_report(self) -> str:
+        """One line: how the photos are captioned, and (with one prompt for all) the risk and the fixes."""
+        prompts = self.photo_prompts
+        n = len(self.photos)
+        source = (
+            f"data.photo_captions ({self.photo_captions})"
+            if self.photo_captions is not None
+            else "their file names (data.caption_from_filename)"
+        )
+        if prompts:
+            rest = "" if len(prompts) == n else f"; the other {n - len(prompts)} use {self.instance_prompt!r}"
+            return f"captions: {len(prompts)} of {n} photos captioned from {source}{rest}"
+        found = self._require_subject().folder / "captions.txt"
+        hint = (
+            f" ({found} exists: --data.photo_captions captions.txt uses it)"
+            if found.is_file() and self.photo_captions is None
+            else ""
+        )
+        return (
+            f"captions: none; all {n} photos train on {self.instance_prompt!r}, so the subject may learn the "
+            "photos' backgrounds too; name each photo's background with --data.photo_captions FILE or "
+            f"--data.caption_from_filename true{hint}"
+        )
 
     @property
     def class_prompts(self) -> list[str]:
         subject = self._require_subject()
         templates = self.class_templates
-        if not self._class_templates_given and world_subjects.world_subject_name(
-            subject.name, subject.class_word
+        on_world = self.encoders is not None and world_subjects.is_world_preset(self.encoders.preset.name)
+        if not self._class_templates_given and (
+            on_world or world_subjects.world_subject_name(subject.name, subject.class_word)
         ):
             templates = [world_subjects.WORLD_CLASS_TEMPLATE]  # the world's own bare class caption
         return [fill_template(t, subject.class_word) for t in templates]
@@ -447,9 +537,15 @@ class SubjectDataModule(LightningDataModule):
         world_name = world_subjects.world_subject_name(subject.name, subject.class_word)
         if templates is None and world_name is not None:
             templates = world_subjects.world_val_templates(world_name)
+        elif (
+            templates is None
+            and self.encoders is not None
+            and world_subjects.is_world_preset(self.encoders.preset.name)
+        ):
+            templates = world_subjects.own_val_templates(list(self.photo_prompts.values()))
         elif templates is None:
             templates = DEFAULT_VAL_PROMPTS_LIVE if subject.live else DEFAULT_VAL_PROMPTS_OBJECT
-        return [fill_template(t, subject.class_word) for t in templates]
+        return [self._with_identifier(fill_template(t, subject.class_word)) for t in templates]
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -519,6 +615,7 @@ class SubjectDataModule(LightningDataModule):
             )
         )
         self.prompt_features = encode_prompts(prompts, self.encoders, self.cache)
+        print(self.caption_report())
         stack_prompts([self.prompt_features[p] for p in prompts])  # fails early on a doubled placeholder
         hits, misses = self.cache.stats.hits - before[0], self.cache.stats.misses - before[1]
         log.info(

@@ -53,7 +53,7 @@ def check_class_word(class_word: str | None, where: str) -> str:
     word = (class_word or "").strip()
     if not word:
         raise SubjectError(
-            f"{where}: no class word given; the prompts need one, e.g. class_word='dog' "
+            f"{where}: no class word given; the prompts need one, e.g. --data.class_word dog "
             "(the instance prompt becomes 'a photo of <placeholder> dog')"
         )
     return word

@@ -69,3 +69,40 @@ def world_eval_templates(name: str) -> list[str]:
     from varlit.world.subjects import get_subject
 
     return [f"a photo of a {{}} {CONTEXTS[c]}" for c in get_subject(name).unseen_contexts]
+
+
+def is_world_preset(preset: str | None) -> bool:
+    """The world model (`world`, or a preset derived from it such as `world-v2`): it draws only the world's
+    classes and contexts, so DreamBench's prompts (the Eiffel Tower, a cobblestone street) mean nothing to it."""
+    return preset is not None and (preset == "world" or preset.startswith("world-"))
+
+
+def contexts_named(prompts: list[str]) -> list[str]:
+    """World context ids whose phrase appears in any of `prompts` (what the subject's photos show)."""
+    from varlit.world.scenes import CONTEXTS
+
+    return [c for c, phrase in CONTEXTS.items() if any(phrase in p for p in prompts)]
+
+
+def own_unseen_contexts(photo_prompts: list[str]) -> list[str]:
+    """For a subject of your own on the world model: the world contexts its photo captions do not name
+    (all of them when the photos have no captions), in the world's order."""
+    from varlit.world.scenes import CONTEXTS
+
+    seen = set(contexts_named(photo_prompts))
+    return [c for c in CONTEXTS if c not in seen]
+
+
+def own_val_templates(photo_prompts: list[str]) -> list[str]:
+    """Validation prompts of your own subject on the world model: the first unseen world contexts."""
+    from varlit.world.scenes import CONTEXTS
+
+    unseen = own_unseen_contexts(photo_prompts)[:NUM_WORLD_VAL_PROMPTS]
+    return [f"a photo of a <placeholder> {{class}} {CONTEXTS[c]}" for c in unseen]
+
+
+def own_eval_templates(photo_prompts: list[str]) -> list[str]:
+    """Evaluation templates of your own subject on the world model: one per unseen world context."""
+    from varlit.world.scenes import CONTEXTS
+
+    return [f"a photo of a {{}} {CONTEXTS[c]}" for c in own_unseen_contexts(photo_prompts)]

@@ -84,9 +84,30 @@ def comparison_rows(before: dict[str, Any], after: dict[str, Any]) -> list[dict[
     return rows
 
 
-def comparison_markdown(rows: list[dict[str, Any]], before: str, after: str, subjects: list[str]) -> str:
-    lines = [
-        f"Before: `{before}`. After: `{after}`. Subjects: {', '.join(subjects)}.",
+def sample_set(data: dict[str, Any], subjects: list[str]) -> str:
+    """How many samples a side's scores rest on: prompts x seeds per subject, and bare class samples."""
+    seeds = len((data.get("settings") or {}).get("seeds") or [])
+    entries = [data["subjects"][s] for s in subjects if s in data.get("subjects", {})]
+    prompts = sum(len(e.get("prompts") or {}) for e in entries)
+    classes = sum(int(e.get("num_class_samples") or 0) for e in entries)
+    return f"{prompts} prompts x {seeds} seeds = {prompts * seeds} samples, {classes} class-prompt samples"
+
+
+def comparison_markdown(
+    rows: list[dict[str, Any]],
+    before: str,
+    after: str,
+    subjects: list[str],
+    samples: tuple[str, str] | None = None,
+) -> str:
+    lines = [f"Before: `{before}`. After: `{after}`. Subjects: {', '.join(subjects)}."]
+    if samples is not None:
+        lines.append(
+            f"Scored on `varlit eval`'s samples (before: {samples[0]}; after: {samples[1]}), not on a fit's "
+            "validation samples (`summary.json`, `val/*`), which are other and fewer: the two scores of one "
+            "adapter differ by that sampling."
+        )
+    lines += [
         "",
         "| measure | better | before | after |",
         "|---|---|---:|---:|",
@@ -177,7 +198,8 @@ def compare(before: str, after: str, out: str | None = None, per_row: int = 4, p
         )
     rows = comparison_rows(b_data, a_data)
     out_dir = Path(out) if out else Path(after)
-    md = comparison_markdown(rows, before, after, subjects)
+    samples = (sample_set(b_data, subjects), sample_set(a_data, subjects))
+    md = comparison_markdown(rows, before, after, subjects, samples)
     atomic_write_text(out_dir / "compare.md", md)
     atomic_write_json(
         out_dir / "compare.json", {"before": before, "after": after, "subjects": subjects, "rows": rows}

@@ -121,9 +121,14 @@ def drop_placeholder(text: str) -> str:
 
 
 def make_prompt(
-    template: str, class_word: str, clip_t_text: ClipTextMode = "class", placeholder: bool = True
+    template: str,
+    class_word: str,
+    clip_t_text: ClipTextMode = "class",
+    placeholder: bool = True,
+    identifier: str | None = None,
 ) -> EvalPrompt:
-    """Fill one template; `placeholder=False` leaves the learned token out (the base model never saw it)."""
+    """Fill one template; `placeholder=False` leaves the learned token out (the base model never saw it);
+    `identifier` (a DreamBooth-style rare token, `data.instance_prompt`) stands where the token would."""
     if clip_t_text not in ("class", "arbooth_compat"):
         raise ValueError(f"eval.clip_t_text must be 'class' or 'arbooth_compat', got {clip_t_text!r}")
     if "{}" in template:
@@ -133,6 +138,8 @@ def make_prompt(
     with_token = fill_template(with_token, class_word)
     plain = drop_placeholder(with_token)
     clip_text = plain if clip_t_text == "class" else template
+    if placeholder and identifier:
+        with_token = with_token.replace(PLACEHOLDER, identifier)
     return EvalPrompt(template, with_token if placeholder else plain, clip_text)
 
 

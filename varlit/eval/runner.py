@@ -34,7 +34,13 @@ from ..data.datamodule import SubjectDataModule
 from ..data.dreambench import LIVE_CLASSES
 from ..data.images import file_sha256, resize_and_crop, to_uint8_tensor
 from ..data.subjects import SubjectPhoto
-from ..data.world_subjects import WORLD_CLASS_TEMPLATE, world_eval_templates, world_subject_name
+from ..data.world_subjects import (
+    WORLD_CLASS_TEMPLATE,
+    is_world_preset,
+    own_eval_templates,
+    world_eval_templates,
+    world_subject_name,
+)
 from ..io import atomic_write_json, save_png
 from ..loggers import RunConfig
 from ..models.loading import CheckpointError
@@ -153,19 +159,20 @@ def _own_subject_name(data: dict[str, Any]) -> str | None:
     return data.get("subject")
 
 
-def load_subject(name: str | None, data: dict[str, Any]) -> tuple[Any, list[SubjectPhoto], bool]:
-    """(Subject, photos, live) through the data layer: the data config's own subject, or a DreamBench name
-    (with the data config's dreambench_root and photo policy)."""
+def load_subject(name: str | None, data: dict[str, Any]) -> tuple[Any, list[SubjectPhoto], bool, list[str]]:
+    """(Subject, photos, live, the photos' own captions) through the data layer: the data config's own
+    subject, or a DreamBench name (with the data config's dreambench_root and photo policy)."""
     kwargs = dict(data)
     if name is not None and name != _own_subject_name(data):
-        kwargs.update(subject_dir=None, class_word=None, live=None, subject=name)
+        kwargs.update(subject_dir=None, class_word=None, live=None, subject=name, photo_captions=None)
+        kwargs["caption_from_filename"] = False
     dm = SubjectDataModule(**kwargs)
     dm.setup("validate")
     subject = dm.subject
     live = subject.live
     if kwargs.get("subject_dir") and kwargs.get("live") is None:  # a photo folder: guess as DreamBench does
         live = subject.class_word in LIVE_CLASSES
-    return subject, dm.photos, live
+    return subject, dm.photos, live, list(dm.photo_prompts.values())
 
 
 def resolve_adapters(spec: list[str] | str | None, subjects: list[str], run: RunConfig) -> list[Path | None]:
@@ -240,14 +247,17 @@ def plan_subjects(cfg: EvalConfig, data: dict[str, Any], run: RunConfig, preset:
     templates = check_templates(cfg.prompts) if cfg.prompts is not None else None
     names = list(cfg.subjects) if cfg.subjects else [None]
     loaded = [load_subject(name, data) for name in names]
-    subject_names = [s.name for s, _, _ in loaded]
+    subject_names = [s.name for s, _, _, _ in loaded]
     if len(set(subject_names)) != len(subject_names):
         raise ValueError(f"eval.subjects lists a subject twice: {subject_names}")
     adapters = resolve_adapters(cfg.adapters, subject_names, run)
     plans = []
-    for (subject, photos, live), adapter in zip(loaded, adapters):
+    for (subject, photos, live, captions), adapter in zip(loaded, adapters):
+        identifier = None
         if adapter is not None:
             meta = check_adapter_header(adapter, preset)
+            recorded = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+            identifier = recorded.get("identifier")  # a rare-token adapter: its word, not <placeholder>
             trained_on = meta.get("class_word")
             if trained_on and trained_on != subject.class_word:
                 log.warning(
@@ -261,9 +271,17 @@ def plan_subjects(cfg: EvalConfig, data: dict[str, Any], run: RunConfig, preset:
         if templates is not None:
             chosen = templates
         else:
-            chosen = world_eval_templates(world) if world else default_templates(live)
+            chosen = (
+                world_eval_templates(world)
+                if world
+                else own_eval_templates(captions)
+                if is_world_preset(preset)
+                else default_templates(live)
+            )
         prompts = [
-            make_prompt(t, subject.class_word, cfg.clip_t_text, placeholder=adapter is not None)
+            make_prompt(
+                t, subject.class_word, cfg.clip_t_text, placeholder=adapter is not None, identifier=identifier
+            )
             for t in chosen
         ]
         plans.append(
@@ -278,7 +296,7 @@ def plan_subjects(cfg: EvalConfig, data: dict[str, Any], run: RunConfig, preset:
                 slugs=unique_slugs(prompts),
                 class_prompt=(
                     WORLD_CLASS_TEMPLATE.replace("{class}", subject.class_word)
-                    if world
+                    if world or is_world_preset(preset)
                     else class_prompt(subject.class_word)
                 ),
                 aspect=data.get("aspect") or "square",

@@ -87,6 +87,15 @@ def _load_sharded(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def torch_load(path: str | os.PathLike, mmap: bool = True):
+    """`torch.load` that never unpickles code: memory-mapped for zip files (torch >= 1.6), a plain read for
+    the legacy (non-zip) format, which cannot be memory-mapped but loads with weights_only=True all the same."""
+    import zipfile
+
+    legacy = not zipfile.is_zipfile(path)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and not legacy)
+
+
 def read_state_dict(path: str | os.PathLike, subkey: str | None = None) -> dict[str, torch.Tensor]:
     """Read a checkpoint file or sharded folder into a flat {name: tensor} dict on CPU."""
     path = Path(path)
@@ -100,7 +109,7 @@ def read_state_dict(path: str | os.PathLike, subkey: str | None = None) -> dict[
         elif path.name.endswith(".index.json"):
             state = _load_sharded(path.parent)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = torch_load(path)
     except CheckpointError:
         raise
     except Exception as err:  # truncated zips, bad headers, pickles with forbidden globals ...
@@ -209,7 +218,7 @@ def load_checkpoint(
     flag: str = "--weights",
     preset: str | None = None,
 ) -> nn.Module:
-    what = "VAE checkpoint" if flag == "--vae_weights" else "transformer checkpoint"
+    what = "VAE checkpoint" if flag.endswith("vae_weights") else "transformer checkpoint"
     path = resolve(spec, repo, what, flag, preset)
     state = read_state_dict(path, subkey)
     if subkey == "vae":
@@ -225,4 +234,5 @@ __all__ = [
     "load_into",
     "read_state_dict",
     "resolve",
+    "torch_load",
 ]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .hub import HubUnavailableError, local_only, missing_error
+from .loading import CheckpointError
 
 __all__ = ["HubUnavailableError", "TextBatch", "TextEncoder"]
 
@@ -96,6 +97,14 @@ class TextEncoder(nn.Module):
                     f"cannot load text encoder {name_or_path!r}: {err}".split("\n")[0]
                 ) from None
             raise missing_error(name_or_path, name_or_path, "--text_encoder", "text encoder") from None
+        except (
+            Exception
+        ) as err:  # a pickle weights file (refused by weights_only), a damaged one, a bad config
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointError(
+                f"text encoder {name_or_path}: cannot load it ({type(err).__name__}: {first[:160]}); "
+                "give a folder with model.safetensors (--text_encoder)"
+            ) from None
         return cls(enc, tok, max_length=max_length)
 
     @property

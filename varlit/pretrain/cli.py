@@ -82,6 +82,20 @@ class PretrainCLI(LightningCLI):
         # not apply.
         self.config = parser.parse_args(args) if args is not None else parser.parse_args()
 
+    def _parse_ckpt_path(self) -> None:
+        """The `--ckpt_path` to resume, read safely and in full before Lightning opens it (as `varlit fit`)."""
+        from varlit.resume import read_fit_checkpoint
+
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        ckpt = cfg.get("ckpt_path")
+        if ckpt == "last":
+            last = Path(cfg.get("run.root")) / cfg.get("run.name") / "checkpoints" / "last.ckpt"
+            ckpt = str(last) if last.is_file() else None
+        if ckpt and ckpt not in ("best", "hpc", "registry"):
+            read_fit_checkpoint(ckpt, command="varlit pretrain")
+        super()._parse_ckpt_path()
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(PretrainRun, "run")
         parser.set_defaults({"trainer.max_steps": 1000, "trainer.logger": False})

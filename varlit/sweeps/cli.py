@@ -170,6 +170,25 @@ def _collect(dirs: Sequence[str], chart: bool) -> int:
     return 0
 
 
+def _check_scored(sweep_dir: str | Path, runs: Sequence[Path] | None = None) -> int:
+    """1 (and the runs named) when a run of this sweep (or of `runs`, the run folders this command ran)
+    produced no metrics at all: an empty summary is not a result."""
+    from .collect import unscored
+
+    only = None if runs is None else {Path(r).resolve() for r in runs}
+    bad = [f"{Path(sweep_dir).name}/{name}" for name in unscored(sweep_dir, only)]
+    if not bad:
+        return 0
+    shown = ", ".join(bad[:8]) + (f" (+{len(bad) - 8} more)" if len(bad) > 8 else "")
+    print(
+        f"{len(bad)} run(s) produced no metrics: {shown}; with EVAL=0 (--no-eval) a run is scored by its "
+        "validation, which needs the config's metrics callback (SubjectMetricsCallback): run with EVAL=1, "
+        "or add the callback",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def _run(ns: argparse.Namespace, extra: list[str]) -> int:
     from .runner import failed, run_sweep
 
@@ -178,6 +197,7 @@ def _run(ns: argparse.Namespace, extra: list[str]) -> int:
     results = run_sweep(sweep, opts, fail_fast=ns.fail_fast)
     if not ns.no_collect and any(r.fit != "failed" for r in results):
         _collect([str(Path(opts.root) / sweep.name)], chart=True)
+    unscored = _check_scored(Path(opts.root) / sweep.name, [r.spec.dir for r in results if r.fit != "failed"])
     bad = failed(results)
     missing = [r for r in results if r.eval == "missing"]
     if missing:
@@ -188,7 +208,7 @@ def _run(ns: argparse.Namespace, extra: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
+    return unscored
 
 
 def _job(ns: argparse.Namespace, extra: list[str]) -> int:
@@ -210,7 +230,9 @@ def _job(ns: argparse.Namespace, extra: list[str]) -> int:
     print(f"{spec.name}: fit {result.fit}, eval {result.eval} ({result.seconds:.1f} s)")
     if not ns.no_collect and result.fit != "failed":
         _collect([str(Path(opts.root) / sweep.name)], chart=True)
-    return 1 if "failed" in (result.fit, result.eval) else 0
+    if "failed" in (result.fit, result.eval):
+        return 1
+    return _check_scored(Path(opts.root) / sweep.name, [spec.dir])
 
 
 def _launch(ns: argparse.Namespace, extra: list[str]) -> int:
@@ -242,6 +264,9 @@ def _launch(ns: argparse.Namespace, extra: list[str]) -> int:
         _collect([str(sweep_dir)], chart=True)
     except FileNotFoundError as err:
         print(f"launch: nothing to collect: {err}", file=sys.stderr)
+    from .runner import plan
+
+    unscored = _check_scored(sweep_dir, [spec.dir for spec in plan(sweep, opts)])
     bad = sorted(name for name, code in status.items() if code != 0)
     if bad:
         print(
@@ -249,7 +274,7 @@ def _launch(ns: argparse.Namespace, extra: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
+    return unscored
 
 
 def _wandb(ns: argparse.Namespace) -> int:

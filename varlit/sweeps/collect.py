@@ -540,6 +540,17 @@ def curves(sweep_name: str, rows: Sequence[RunRow], metrics: Sequence[str]) -> l
 CURVE_COLUMNS = ("variant", "step", "metric", "mean", "std", "ci95", "n")
 
 
+def unscored(sweep_dir: str | Path, only: set[Path] | None = None) -> list[str]:
+    """The runs of a sweep folder (or of its run folders in `only`) that have no metrics (neither an
+    evaluation nor a validation scored them): a sweep must not summarise them as if nothing were wrong."""
+    rows = find_runs(Path(sweep_dir)) if Path(sweep_dir).is_dir() else []
+    return [
+        f"{r.subject}/{r.variant}" + (f"/{SEED_PREFIX}{r.seed}" if r.seed is not None else "")
+        for r in rows
+        if "no metrics" in r.status and (only is None or r.dir.resolve() in only)
+    ]
+
+
 def collect(sweep_dir: str | Path, chart: bool = True) -> dict[str, Path]:
     """Write the summary files into the sweep folder; returns their paths. Raises if it holds no run."""
     sweep_dir = Path(sweep_dir)

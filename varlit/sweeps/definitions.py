@@ -122,6 +122,33 @@ def _adapter(name: str, kind: str, rank: int, note: str) -> Variant:
     )
 
 
+# The rare token of the identifier arm, DreamBooth's choice; on the world's word-level tokenizer any word the
+# captions never use is one unknown token, so "sks" is as rare there as it is to T5.
+RARE_TOKEN = "sks"
+
+
+def _identifier(name: str, learned: bool, note: str) -> Variant:
+    """The subject as learned vectors at `<placeholder>` (ARBooth) or as a rare word (DreamBooth), the
+    rest of the config (captions, prior, layers) unchanged."""
+    if learned:
+        overrides = ("--data.instance_prompt=null", "--model.freeze.subject_embedding=true")
+    else:
+        overrides = (
+            f"--data.instance_prompt=a photo of a {RARE_TOKEN} {{class}}",
+            "--model.freeze.subject_embedding=false",
+        )
+    return Variant(name, overrides, note)
+
+
+def _captions(name: str, captions: str | None, note: str) -> Variant:
+    """Each photo's own caption (a file in the subject folder) or one prompt for every photo."""
+    return Variant(
+        name,
+        (f"--data.photo_captions={captions or 'null'}", "--data.caption_from_filename=false"),
+        note,
+    )
+
+
 SWEEPS: dict[str, Sweep] = {
     s.name: s
     for s in (
@@ -194,6 +221,27 @@ SWEEPS: dict[str, Sweep] = {
                 _adapter("lora-r4", "lora", 4, "LoRA rank 4 on every CA and FFN linear layer"),
                 _adapter("lora-r16", "lora", 16, "LoRA rank 16 on every CA and FFN linear layer"),
                 _adapter("lora-r64", "lora", 64, "LoRA rank 64 on every CA and FFN linear layer"),
+            ),
+        ),
+        Sweep(
+            "ablate-captions",
+            "own photos without captions: one prompt for every photo against each photo's context named",
+            (
+                _captions("captions", "captions.txt", "each photo's caption names its context (world.yaml)"),
+                _captions("single-prompt", None, "ARBooth's single prompt: what own photos get by default"),
+            ),
+        ),
+        Sweep(
+            "ablate-identifier",
+            "the subject's name in the prompt: learned vectors (ARBooth) against a rare token (DreamBooth)",
+            (
+                _identifier("learned", True, "4 learned vectors at <placeholder> (the config's embedding)"),
+                _identifier(
+                    "rare-token",
+                    False,
+                    f"DreamBooth's identifier: 'a photo of a {RARE_TOKEN} {{class}}', no learned vectors "
+                    f"({RARE_TOKEN} also stands for <placeholder> in captions and prompts)",
+                ),
             ),
         ),
     )

@@ -284,6 +284,10 @@ def execute(
     spec.dir.mkdir(parents=True, exist_ok=True)
     base = varlit_command()
     env = dict(os.environ)
+    # Sweep arms log to files: no wandb console capture and no sync banner in every fit.log (the user's
+    # own setting wins).
+    env.setdefault("WANDB_CONSOLE", "off")
+    env.setdefault("WANDB_SILENT", "true")
     fit_log, eval_log = spec.dir / "fit.log", spec.dir / "eval.log"
     refit = force or not fit_is_done(spec)
     if refit:

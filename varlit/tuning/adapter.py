@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from ..io import atomic_write
 from ..models.loading import CheckpointError
+from .adapter_base import check_dtypes, check_full, check_lora
 from .divergence import check_finite_tensors
 from .subject_embedding import PLACEHOLDER, SubjectEmbedding
 
@@ -125,6 +126,7 @@ def check_contents(
             f"{path}: adapter is missing {len(missing) if isinstance(listed, list) else missing[0]} of its "
             f"tuned tensors" + (f": {_listing(missing)}" if isinstance(listed, list) else "")
         )
+    check_dtypes(path, tensors)
     check_finite_tensors(tensors, f"adapter {path}")
     had_vectors = meta.get("subject_vectors")
     if had_vectors is None:
@@ -158,10 +160,8 @@ def base_fingerprint(model: torch.nn.Module, exclude: set[str], samples_per_tens
     return digest.hexdigest()[:16]
 
 
-def apply_adapter_tensors(
-    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str
-) -> dict[str, torch.Tensor]:
-    """Copy tuned tensors into the model in place; returns the previous values (to restore the base)."""
+def check_fits_base(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Every tuned tensor is a tensor of the base model, of the base's shape."""
     own = dict(model.named_parameters()) | dict(model.named_buffers())
     unknown = [k for k in tensors if k not in own]
     bad = [
@@ -182,6 +182,14 @@ def apply_adapter_tensors(
                 )
             )
         )
+
+
+def apply_adapter_tensors(
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
+    """Copy tuned tensors into the model in place; returns the previous values (to restore the base)."""
+    check_fits_base(model, tensors, source)
+    own = dict(model.named_parameters()) | dict(model.named_buffers())
     previous = {}
     with torch.no_grad():
         for k, v in tensors.items():
@@ -203,9 +211,24 @@ def _apply_lora(pipe: Pipeline, path: Path, adapter: Adapter) -> dict[str, torch
     plan = LoraPlan.from_meta(adapter.meta["adapter"], str(path))
     check_lora_tensors(path, plan, adapter.tensors)
     check_fits(path, plan, pipe.model, adapter.tensors)
+    check_lora(path, adapter.meta, pipe.model, pipe.preset.infinity.depth, plan)
     params = dict(pipe.model.named_parameters())
     backup = {f"{t}.weight": params[f"{t}.weight"].detach().clone() for t in plan.targets}
-    merge_into(pipe.model, plan, adapter.tensors)
+    try:
+        merge_into(pipe.model, plan, adapter.tensors)
+    except (ValueError, CheckpointError) as err:  # peft's safe merge refuses non-finite results
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: cannot merge the LoRA adapter ({first})") from None
+    merged = {k: params[k] for k in backup}
+    bad = [k for k, w in merged.items() if not bool(torch.isfinite(w).all())]
+    if bad:
+        with torch.no_grad():
+            for k, w in merged.items():
+                w.copy_(backup[k])
+        raise CheckpointError(
+            f"{path}: merging the LoRA update gives non-finite weights in {bad[0]} (rank {plan.ranks[bad[0][:-7]]}, "
+            f"alpha {plan.alphas[bad[0][:-7]]:g}): the adapter's tensors or alphas are broken"
+        )
     return backup
 
 
@@ -231,21 +254,27 @@ def load_adapter(pipe: Pipeline, path: str | os.PathLike) -> Adapter:
         if here != trained_on:
             raise CheckpointError(
                 f"{path}: adapter was trained on another base model (weights {adapter.meta.get('weights')!r}, "
-                f"fingerprint {trained_on}; this base: {here}); load that base (--weights / --init_seed)"
+                f"fingerprint {trained_on}; this base: {here}); leave the base-model flags out (sample: "
+                "--weights, --init_seed; eval: --model.*) to load the base it records"
             )
     else:
         _warn_once(f"fp:{path}", f"{path}: adapter records no base fingerprint; cannot check its base model")
     if kind == "lora":
         pipe.base_backup = _apply_lora(pipe, path, adapter)
     else:
+        check_fits_base(pipe.model, adapter.tensors, str(path))
+        check_full(path, adapter.meta, pipe.model, pipe.preset.infinity.depth, set(adapter.tensors))
         pipe.base_backup = apply_adapter_tensors(pipe.model, adapter.tensors, str(path))
     if adapter.subject_vectors is not None:
         emb = SubjectEmbedding(adapter.subject_vectors.shape[0], adapter.subject_vectors.shape[1])
         emb.vectors.data.copy_(adapter.subject_vectors)
         pipe.set_subject(emb.to(pipe.device), adapter.meta.get("placeholder", PLACEHOLDER))
     else:
-        _warn_once(
-            f"nv:{path}", f"{path}: adapter has no subject vectors; {PLACEHOLDER} in prompts is plain text"
-        )
+        data = adapter.meta.get("data") if isinstance(adapter.meta.get("data"), dict) else {}
+        if not data.get("identifier"):  # a rare-token adapter has no vectors by design
+            _warn_once(
+                f"nv:{path}",
+                f"{path}: adapter has no subject vectors; {PLACEHOLDER} in prompts is plain text",
+            )
         pipe.set_subject(None, None)
     return adapter

@@ -27,6 +27,9 @@ ADAPTER_NAME = "default"  # peft's adapter name inside the modules (one adapter 
 # peft init_lora_weights values that keep the base weights untouched (pissa, olora, loftq, corda, eva
 # rewrite them, which would break the shared teacher and the base fingerprint).
 INIT_CHOICES: tuple[bool | str, ...] = (True, False, "gaussian")
+# Largest LoRA alpha accepted: far above any useful value (alpha ~ r..4r), far below where alpha/r times a
+# trained update overflows float32 (an edited 1e38 would give inf logits in the sampler, not an error).
+MAX_ALPHA = 1e6
 
 
 @dataclass
@@ -57,8 +60,10 @@ def validate_adapter(cfg: AdapterConfig, where: str = "adapter") -> None:
     if cfg.type != "lora":
         return
     _check_rank(cfg.rank, f"{where}.rank")
-    if cfg.alpha is not None and not cfg.alpha > 0:
-        raise ValueError(f"{where}.alpha must be > 0 (or null: alpha = rank), got {cfg.alpha}")
+    if cfg.alpha is not None and not 0 < cfg.alpha <= MAX_ALPHA:
+        raise ValueError(
+            f"{where}.alpha must be in (0, {MAX_ALPHA:g}] (or null: alpha = rank), got {cfg.alpha}"
+        )
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"{where}.dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.init not in INIT_CHOICES or isinstance(cfg.init, int) and not isinstance(cfg.init, bool):
@@ -144,12 +149,12 @@ class LoraPlan:
         for t, r in ranks.items():
             if isinstance(r, bool) or not isinstance(r, int) or r < 1:
                 raise CheckpointError(f"{where}: LoRA rank of {t} is {r!r}; ranks must be integers >= 1")
-        return cls(
-            dict(ranks),
-            {k: float(v) for k, v in alphas.items()},
-            float(meta.get("dropout", 0.0)),
-            meta.get("init", True),
-        )
+        try:
+            alpha_values = {k: float(v) for k, v in alphas.items()}
+            dropout = float(meta.get("dropout", 0.0))
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{where}: LoRA alphas and dropout must be numbers ({err})") from None
+        return cls(dict(ranks), alpha_values, dropout, meta.get("init", True))
 
 
 def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:

@@ -187,12 +187,19 @@ class PriorBank:
     # ---- build ---------------------------------------------------------------------------------
 
     def build(
-        self, sample_fn: SampleFn, device: torch.device | str = "cpu", log: Callable[[str], None] = print
+        self,
+        sample_fn: SampleFn,
+        device: torch.device | str = "cpu",
+        log: Callable[[str], None] = print,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         """Draw the missing shards with `sample_fn(prompt_indices, generator) -> (bits, x_wo_prefix, logits)`.
 
         Removes the shards of a stale bank first. `device` is the generator's device (the sampler's).
+        `warn` (default: `log`) gets one line per damaged shard that is drawn again: progress may be quiet,
+        a repair never is.
         """
+        warn = warn or log
         self._complete = False
         self.root.mkdir(parents=True, exist_ok=True)
         for tmp in self.root.glob(f"{TMP_PREFIX}*"):
@@ -206,7 +213,7 @@ class PriorBank:
         for key in list(shards):  # a damaged shard (truncated, garbled, numbers changed) is drawn again
             problem = self._shard_problem(int(key))
             if problem:
-                log(f"prior bank {self._shard_file(int(key))}: {problem}; drawing it again")
+                warn(f"prior bank shard {self._shard_file(int(key))} is {problem}: drawing it again")
                 self._shard_file(int(key)).unlink(missing_ok=True)
                 del shards[key]
         shapes = index.get("shapes") if index is not None and shards else None
