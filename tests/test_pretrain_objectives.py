@@ -68,7 +68,7 @@ def test_vae_commitment_weight_scales_its_term(monkeypatch):
     for beta in (0.0, 0.25, 1.0):
         module = VAEPretrainModule(preset="world", commit_weight=beta, entropy_weight=0.0)
         _quiet(module, monkeypatch)
-        losses[beta] = float(module.training_step(batch, 0))
+        losses[beta] = float(module.training_step(batch, 0).detach())
     commit = losses[1.0] - losses[0.0]
     assert commit > 0
     assert losses[0.25] - losses[0.0] == pytest.approx(0.25 * commit, rel=1e-4)
