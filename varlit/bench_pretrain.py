@@ -8,20 +8,12 @@ fraction of it: the achieved FLOP rate of a step over the rate of a bare matmul,
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
 from .models.infinity import Infinity
 from .models.presets import Preset
 from .models.quantizer import multiscale_quantize
 from .models.schedules import Schedule, num_tokens
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def matmul_tflops(
@@ -59,7 +51,7 @@ def bench_pretrain(
     The inputs are a fixed random batch (latents already encoded, as `varlit pretrain` caches them), so
     the time is the transformer's alone.
     """
-    from .bench import TrainableLayout, measure, pass_flops, random_text
+    from .bench import TrainableLayout, _autocast, measure, pass_flops, random_text
     from .pretrain.infinity_module import init_from_scratch
     from .tuning.losses import bitwise_ce
 
