@@ -6,9 +6,11 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format demo demo-tiny demo-world-samples clean bench bench-world dreambench world
+.PHONY: help install install-docs test test-all lint format docs demo demo-tiny demo-world-samples clean bench bench-world \
+	dreambench world
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -22,10 +24,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install varlit with its dev extras (idempotent)
 
-test: install ## run the default (fast, offline) test suite
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+install-docs: $(DOCS_STAMP) ## install the docs extra too (mkdocs-material, mkdocstrings), which the test suite builds
+
+test: install-docs ## run the default (fast, offline) test suite, the strict docs build included
 	$(BIN)/python -m pytest -q
 
-test-all: install ## run every test, slow ones included
+test-all: install-docs ## run every test, slow ones included
 	$(BIN)/python -m pytest -q -m ''
 
 lint: install ## ruff check and format check
@@ -36,8 +44,11 @@ format: install ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix varlit tests bench
 	$(BIN)/ruff format varlit tests bench
 
-clean: ## remove caches and run outputs (keeps .venv)
-	rm -rf runs .pytest_cache .ruff_cache
+clean: ## remove caches, run outputs and the built site (keeps .venv)
+	rm -rf runs site .pytest_cache .ruff_cache
+
+docs: install-docs ## build the documentation site from docs/ into site/ (strict: a broken link or anchor fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 DEMO_DIR ?= runs/demo
 DEMO_SUBJECT ?= twotone_cup
@@ -83,7 +94,7 @@ bench-world: install ## the world on this CPU: pretraining, tuning (online/bank)
 
 dreambench: install ## download DreamBench (google/dreambooth) into DIR (default data/dreambench)
 	$(BIN)/varlit data dreambench --out $(or $(DIR),data/dreambench)
-# ---- ablation sweeps (python -m varlit.sweeps; README "Ablation sweeps") ------------------------------
+# ---- ablation sweeps (python -m varlit.sweeps; docs/sweeps.md) ------------------------------
 # CONFIG: the experiment config (default: the world); SUBJECTS: subject names ("dog cat", or "all": every
 # DreamBench subject, or every world subject for a world config), empty = the config's own subject;
 # SEEDS: training seeds ("0 1 2"), one run per seed in <variant>/seed<k>/, summaries give mean and 95 %
@@ -109,9 +120,9 @@ sweep_opts = --config $(CONFIG) --root $(ROOT) $(if $(strip $(SUBJECTS)),--subje
 sweep_run = $(if $(filter 1,$(JOBS)),$(BIN)/python -m varlit.sweeps run $(1) $(sweep_opts),\
 	$(BIN)/python -m varlit.sweeps launch $(1) --gpus cpu:$(JOBS) --per run $(sweep_opts))
 
-.PHONY: ablate-layers ablate-scales ablate-distill ablate-adapter ablate-identifier ablate-captions ablate-all
+.PHONY: ablate-layers ablate-scales ablate-distill ablate-adapter ablate-identifier ablate-captions ablate-steps ablate-all
 
-ablate-layers: install ## layer selection (all, sa, ca, ffn, ca+ffn, early/late half) -> $(ROOT)/ablate-layers/summary.*
+ablate-layers: install ## layer selection (all, sa, ca, ffn, ca+ffn, early/late half, every tensor) -> $(ROOT)/ablate-layers/summary.*
 	$(call sweep_run,ablate-layers)
 
 ablate-scales: install ## scale weights (uniform, arbooth, inverse_sqrt_area, explicit) -> $(ROOT)/ablate-scales/summary.*
@@ -132,4 +143,4 @@ ablate-captions: install ## per-photo captions vs one prompt for every photo (wo
 ablate-steps: install ## tuning steps against fidelity and drift: ablate-distill's none / soft-0.5 arms validated every CURVE_EVERY steps -> $(ROOT)/ablate-distill/curve.*
 	$(MAKE) ablate-distill VARIANTS="none soft-0.5" ARGS="--trainer.val_check_interval=$(or $(CURVE_EVERY),25) $(ARGS)"
 
-ablate-all: ablate-layers ablate-scales ablate-distill ## the three ablations in turn
+ablate-all: ablate-layers ablate-scales ablate-distill ## the three ablations of the paper's ideas in turn (layers, scales, distill)
