@@ -1,4 +1,4 @@
-"""How much of a fine-tune does bf16 storage of the tuned tensors lose? (README, "Adapter size")
+"""How much of a fine-tune does bf16 storage of the tuned tensors lose? (docs/adapters.md, "Adapter size")
 
     python bench/adapter_dtype.py runs/tiny/adapter.safetensors     # an adapter of the tiny preset
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from jsonargparse import Namespace
 
+from tests.docs_pages import blocks, page
 from varlit.cli import main
 from varlit.commands.download import download, download_plan
 from varlit.data import dreambench
@@ -27,7 +28,9 @@ from varlit.threads import auto_threads, choose_threads
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "experiments" / "tiny.yaml")
 DREAMBENCH_YAML = str(REPO / "experiments" / "dreambench.yaml")
-README = (REPO / "README.md").read_text()
+GETTING_STARTED = page("getting-started.md")  # the download commands
+SAMPLING = page("sampling.md")  # the Python example
+ADAPTERS = page("adapters.md")  # the adapter sizes
 
 
 @pytest.fixture
@@ -78,9 +81,9 @@ def test_download_plan_matches_the_readme_and_the_hf_tool(capsys):
     assert commands[0] == "hf download FoundationVision/Infinity infinity_2b_reg.pth"
     assert commands[1] == "hf download FoundationVision/Infinity infinity_vae_d32reg.pth"
     assert commands[2].startswith("hf download google/flan-t5-xl --include")
-    for command in commands:  # the README gives exactly these commands
-        assert command in README, command
-    assert "huggingface-cli download" not in README  # not installed by huggingface_hub 1.x+
+    for command in commands:  # the docs give exactly these commands
+        assert command in GETTING_STARTED, command
+    assert "huggingface-cli download" not in GETTING_STARTED  # not installed by huggingface_hub 1.x+
     assert download_plan("tiny") == []
     assert "--include 'infinity_8b_weights/*'" in download_plan("infinity-8b")[0].command()
     # `--dry_run` prints the commands; the `hf` tool of the venv accepts them
@@ -413,13 +416,13 @@ def test_thread_policy():
         choose_threads({"VARLIT_THREADS": "zero"})
 
 
-# ------------------------------------------------------------------ README: Python API, adapter size
+# ------------------------------------------------------------------ docs: Python API, adapter size
 
 
-def test_readme_python_example_runs_on_tiny(tmp_path, monkeypatch):
+def test_docs_python_example_runs_on_tiny(tmp_path, monkeypatch):
     from varlit.module import SubjectTuningModule
 
-    block = README.split("```python\n", 1)[1].split("```", 1)[0]
+    block = blocks(SAMPLING, "python")[0].text
     assert 'Pipeline.load("infinity-2b")' in block and "load_adapter(pipe," in block
     adapter = tmp_path / "adapter.safetensors"
     SubjectTuningModule(preset="tiny").save_adapter(adapter)
@@ -427,11 +430,11 @@ def test_readme_python_example_runs_on_tiny(tmp_path, monkeypatch):
         '"runs/dreambench/adapter.safetensors"', repr(str(adapter))
     )
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, "docs/sampling.md", "exec"), {})
     assert (tmp_path / "dog_snow.png").stat().st_size > 0
 
 
-def test_readme_adapter_size_is_computed_from_the_presets():
+def test_docs_adapter_size_is_computed_from_the_presets():
     from varlit.models.infinity import Infinity
     from varlit.models.presets import get_preset
     from varlit.tuning.freeze import FreezeConfig, resolve_for_model
@@ -447,7 +450,8 @@ def test_readme_adapter_size_is_computed_from_the_presets():
             and f"{4 * n / 1e9:.2f} GB" == gb32
             and f"{2 * n / 1e9:.2f} GB" == gb16
         )
-        assert f"has {billions} parameters" in README and f"{gb32} in float32, {gb16} in bfloat16" in README
+        text = " ".join(ADAPTERS.split())
+        assert f"has {billions} parameters" in text and f"{gb32} in float32, {gb16} in bfloat16" in text
 
 
 def test_adapter_dtype_option(tmp_path):

@@ -4,7 +4,8 @@ The commands are read from the README itself and run in a temporary working dire
 `my_photos/` (so `runs/...` and `my_photos` resolve as they would for a user). Each fit gets two extra
 flags that only shorten it (`--trainer.max_steps 2 --trainer.val_check_interval 2`) and `--run.wandb false`
 (no offline wandb files to write); the DreamBench config also gets what a CPU test machine without the hub
-needs: `--model.preset tiny` (the issue's choice), the CPU, float32 and no DINO/CLIP callback.
+needs: `--model.preset tiny` (the issue's choice), the CPU, float32 and no DINO/CLIP callback, and its
+evaluation the offline stand-ins `tiny-dino` / `tiny-clip` on two prompts. The download is not run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.docs_pages import blocks, page, section, shell_lines
 from varlit.cli import main
 from varlit.data.datamodule import SubjectDataModule, filename_phrase
 from varlit.data.subjects import SubjectError
@@ -27,7 +29,7 @@ from varlit.tuning.adapter import read_adapter_meta
 from varlit.world.scenes import CONTEXTS
 
 REPO = Path(__file__).resolve().parents[1]
-README = (REPO / "README.md").read_text()
+README = page("README.md")
 SHORT = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--run.wandb", "false"]
 OFFLINE_CPU = [
     "--model.preset",
@@ -42,15 +44,36 @@ OFFLINE_CPU = [
 ]
 
 
+# Commands of the section that are not run here: the download needs the network (its syntax is checked in
+# tests/test_docs_commands.py, its plan in tests/test_newcomer.py).
+NOT_RUN = ("varlit download",)
+
+
 def readme_commands() -> list[str]:
-    """The `varlit ...` lines of the README's own-photos block, comments dropped."""
-    section = README.split("## Your own subject", 1)[1]
-    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
-    return [
-        " ".join(shlex.split(line, comments=True))
-        for line in block.splitlines()
-        if line.startswith("varlit ")
-    ]
+    """The `varlit ...` lines of the README's own-photos section (CPU and GPU blocks), comments dropped."""
+    commands = []
+    for block in blocks(section(README, "Your own subject"), "bash"):
+        for _, line in shell_lines(block):
+            words = shlex.split(line, comments=True)
+            if words and words[0].endswith("varlit"):
+                command = " ".join(["varlit", *words[1:]])
+                if not command.startswith(NOT_RUN):
+                    commands.append(command)
+    return commands
+
+
+OFFLINE_EVAL = [
+    "--model.preset",
+    "tiny",
+    "--eval.dino",
+    "tiny-dino",
+    "--eval.clip",
+    "tiny-clip",
+    "--eval.lpips",
+    "false",
+    "--eval.prompts",
+    '["a {} in the snow", "a {} on the beach"]',
+]
 
 
 def _run(argv: list[str]) -> str:
@@ -83,6 +106,8 @@ def own_photos_runs(tmp_path_factory):
                 extra = SHORT + (OFFLINE_CPU if "dreambench.yaml" in command else [])
             elif argv[0] == "eval":
                 extra = ["--eval.seeds=[0]", "--eval.num_class_samples", "2"]
+                if "dreambench.yaml" in command:  # offline stand-ins for DINO / CLIP, a few prompts
+                    extra += OFFLINE_EVAL
             outputs[command] = _run(argv + extra)
     finally:
         os.chdir(old)
@@ -139,6 +164,15 @@ def test_tiny_and_dreambench_fit_with_own_photos(own_photos_runs, config, preset
     assert meta["class_word"] == "cup"
     if config == "dreambench":  # the config's 2B text encoder and pixel budget went with its preset
         assert meta["hparams"]["text_encoder"] is None
+
+
+def test_the_gpu_blocks_sample_and_eval_take_the_adapters_base(own_photos_runs):
+    """The README's GPU block, shortened to the tiny preset: sample and eval read the base from the adapter."""
+    work, _ = own_photos_runs
+    index = json.loads((work / "runs" / "dreambench" / "samples" / "samples.json").read_text())
+    assert index["preset"] == "tiny" and len(index["images"]) == 1
+    doc = json.loads((work / "runs" / "dreambench" / "eval" / "metrics.json").read_text())
+    assert len(doc["subjects"]) == 1 and "dino" in doc["overall"]
 
 
 def test_a_contradicting_flag_is_refused_by_name(own_photos_runs, capsys):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from tests.docs_pages import blocks, page, section
 from varlit.cli import main
 from varlit.models.presets import get_preset
 from varlit.models.text import TextBatch
@@ -120,19 +121,19 @@ def test_the_diffusers_shaped_api(exported):
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(base, again))
 
 
-def _readme_blocks() -> tuple[list[str], str]:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Sharing adapters", 1)[1]
-    bash = section.split("```bash\n", 1)[1].split("```", 1)[0]
-    python = section.split("```python\n", 1)[1].split("```", 1)[0]
+def _docs_blocks() -> tuple[list[str], str]:
+    """The commands of docs/adapters.md's "Sharing adapters" and its diffusers-shaped Python example."""
+    text = page("adapters.md")
+    bash = blocks(section(text, "Sharing adapters"), "bash")[0].text
+    python = blocks(section(text, "A diffusers-shaped API"), "python")[0].text
     return [line for line in bash.splitlines() if line.startswith("varlit ")], python
 
 
-def test_the_readme_sharing_commands_run(tmp_path, monkeypatch, capsys):
+def test_the_docs_sharing_commands_run(tmp_path, monkeypatch, capsys):
     import shlex
 
     repo = Path(__file__).resolve().parents[1]
-    commands, python = _readme_blocks()
+    commands, python = _docs_blocks()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network in tests: the push stops before uploading
     for command in commands:
@@ -150,5 +151,5 @@ def test_the_readme_sharing_commands_run(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "world-lora" / "peft" / "adapter_model.safetensors").is_file()
     code = python.replace('pipe.to("cuda")', 'pipe.to("cpu")')
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, "docs/adapters.md", "exec"), scope)
     assert len(scope["images"]) == 4 and scope["images"][0].size == (64, 64)

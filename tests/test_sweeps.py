@@ -565,7 +565,7 @@ def test_launcher_fans_subjects_out(tmp_path):
 
 def test_parse_gpus():
     assert parse_gpus("0,2") == ["0", "2"]
-    assert parse_gpus("0") == ["0"]  # an id (the README's `--gpus 0 --print`), not a count of zero
+    assert parse_gpus("0") == ["0"]  # an id (docs/multi-gpu.md's `--gpus 0 --print`), not a count of zero
     assert parse_gpus("3") == ["3"]
     assert parse_gpus("count:3") == ["0", "1", "2"]
     assert parse_gpus("cpu:2") == ["", ""]
