@@ -127,17 +127,23 @@ class _ImportVisitor(ast.NodeVisitor):
                 self._add(_known_prefix(base, self.modules), node.lineno)
 
 
-def import_graph() -> tuple[dict[str, dict[str, list[Edge]]], dict[str, Path]]:
-    """module -> {imported module -> the import statements that make the edge}."""
-    modules = package_modules()
+def build_graph(modules: dict[str, Path], sources: dict[str, str]) -> dict[str, dict[str, list[Edge]]]:
+    """module -> {imported module -> the import statements that make the edge}, from each module's source."""
     graph: dict[str, dict[str, list[Edge]]] = {name: {} for name in modules}
     for name, path in modules.items():
         rel = path.relative_to(ROOT).as_posix()
         visitor = _ImportVisitor(name, rel, modules)
-        visitor.visit(ast.parse(path.read_text(encoding="utf-8"), filename=rel))
+        visitor.visit(ast.parse(sources[name], filename=rel))
         for edge in visitor.edges:
             graph[name].setdefault(edge.target, []).append(edge)
-    return graph, modules
+    return graph
+
+
+def import_graph() -> tuple[dict[str, dict[str, list[Edge]]], dict[str, Path]]:
+    """The import graph of the varlit package as it is on disk, and its modules."""
+    modules = package_modules()
+    sources = {name: path.read_text(encoding="utf-8") for name, path in modules.items()}
+    return build_graph(modules, sources), modules
 
 
 def strongly_connected(graph: dict[str, dict[str, list[Edge]]]) -> list[list[str]]:
@@ -280,6 +286,20 @@ def test_visitor_resolves_each_import_form():
     init = _ImportVisitor("varlit.pkg", "varlit/pkg/__init__.py", modules)
     init.visit(ast.parse("from .a import x\nfrom . import b\n"))
     assert {e.target for e in init.edges} == {"varlit.pkg.a", "varlit.pkg.b"}
+
+
+def test_package_init_rule():
+    """A package re-exporting its children is no cycle; a child importing the package back is one."""
+    modules = {
+        "varlit.pkg": PACKAGE_DIR / "pkg" / "__init__.py",
+        "varlit.pkg.a": PACKAGE_DIR / "pkg" / "a.py",
+        "varlit.pkg.b": PACKAGE_DIR / "pkg" / "b.py",
+    }
+    init = "from .a import A\nfrom .b import B\n"
+    siblings = {"varlit.pkg": init, "varlit.pkg.a": "from .b import B\n", "varlit.pkg.b": "B = 1\n"}
+    assert strongly_connected(build_graph(modules, siblings)) == []
+    back = {**siblings, "varlit.pkg.b": "def f():\n    from varlit.pkg import A\n"}
+    assert strongly_connected(build_graph(modules, back)) == [["varlit.pkg", "varlit.pkg.a", "varlit.pkg.b"]]
 
 
 def test_cycle_finder_reports_a_cycle_with_its_lines():
