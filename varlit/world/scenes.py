@@ -57,7 +57,7 @@ class SceneSpec:
     size: float = 0.2  # object half-extent
     cx: float = 0.5
     cy: float = 0.6
-    subject: str | None = None  # a subject's name: drawn with its own details (subjects.py)
+    subject: str | None = None  # a subject's name: drawn with its own details (subject_designs.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
