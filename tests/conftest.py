@@ -20,7 +20,7 @@ apply_thread_policy()  # the CLI's policy: idle cores only (one thread on a load
 
 @pytest.fixture(scope="session")
 def tiny_text_encoder():
-    from varlit.models.tiny_text import build_tiny_text_encoder
+    from varlit.models.text import build_tiny_text_encoder
 
     return build_tiny_text_encoder(max_length=32)
 

@@ -98,7 +98,7 @@ def test_2b_step_flops_agree_with_the_issue_estimate():
 
 
 # ----------------------------------------------------------------------------------------------------
-# A stand-in for the lead's fine-tuning module, with the contract bench.py calls.
+# A stand-in for the lead's fine-tuning module, with the contract varlit/bench/finetune.py calls.
 
 
 @dataclass
@@ -166,7 +166,7 @@ def _fake_builder(built: list):
 
 def test_run_bench_writes_the_report(tmp_path, monkeypatch):
     built: list[_FakeTuning] = []
-    monkeypatch.setattr(bench, "bench_module_builder", lambda: _fake_builder(built))
+    monkeypatch.setattr(bench.finetune, "bench_module_builder", lambda: _fake_builder(built))
     out = tmp_path / "sub" / "results.json"
     report = run_bench(
         preset="tiny",

@@ -26,7 +26,7 @@ from varlit.data.images import BadImageError
 from varlit.models.presets import get_preset
 from varlit.models.quantizer import multiscale_quantize
 from varlit.models.schedules import get_schedule, image_size, num_tokens
-from varlit.models.tiny_text import build_tiny_text_encoder
+from varlit.models.text import build_tiny_text_encoder
 from varlit.models.vae import BSQVAE
 
 REAL_DREAMBENCH = Path(

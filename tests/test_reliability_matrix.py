@@ -77,7 +77,7 @@ def _pickle_file(path: Path) -> Path:
 
 
 def _text_encoder_with_pickle(tmp: Path) -> Path:
-    from varlit.models.tiny_text import build_tiny_text_encoder
+    from varlit.models.text import build_tiny_text_encoder
 
     te = build_tiny_text_encoder(max_length=32)
     folder = tmp / "t5"

@@ -186,3 +186,27 @@ def test_bad_samples_and_settings_are_rejected(tmp_path: Path) -> None:
         _bank(tmp_path / "x", shard_size=0)
     with pytest.raises(ValueError, match="JSON-serialisable"):
         PriorBank(PriorBankConfig(root=str(tmp_path / "x")), {"teacher": object()}, 1)
+
+
+def test_two_runs_sharing_a_bank_draw_it_once(tmp_path: Path) -> None:
+    """A sweep's seeds share one bank folder: a second build that starts while the first holds the lock
+    waits for it, then finds the bank complete and draws nothing."""
+    import fcntl
+    import threading
+
+    root = tmp_path / "bank"
+    root.mkdir()
+    first, second = FakeSampler(), FakeSampler()
+    done = threading.Event()
+    with open(root / ".lock", "a+b") as held:  # the first run is building
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: (_bank(root).build(second, log=lambda _: None), done.set()))
+        waiter.start()
+        assert not done.wait(0.5), "the second build did not wait for the lock"
+        builder = _bank(root)  # the first run draws while it holds the lock
+        builder._build_locked(first, "cpu", lambda _: None, lambda _: None)
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+    waiter.join(timeout=30)
+    assert done.is_set()
+    assert first.calls == 5 and second.calls == 0
+    assert torch.equal(_all(_bank(root)).logits_BLV, _all(builder).logits_BLV)

@@ -3,15 +3,19 @@
 `fit` and `validate` are LightningCLI runs over the subject-tuning module and data module;
 `sample`, `eval`, `download`, `data` and `bench` are plain commands with the same config-file conventions
 (`--config file.yaml`, repeatable, and `--print_config`).
+
+This module only dispatches: a command's module is imported when that command runs (the tables `MAINS` and
+`FUNCTIONS` below), and nothing in varlit imports this module back.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from .function_cli import run_function
 
 USAGE = """usage: varlit <command> [options]
 
@@ -50,18 +54,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-def run_function(fn: Callable, argv: list[str], prog: str) -> object:
-    """Parse `argv` into `fn`'s typed arguments (config files allowed) and call it."""
-    parser = ArgumentParser(prog=prog, description=(fn.__doc__ or "").split("\n")[0], exit_on_error=True)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file(s), repeatable")
-    parser.add_function_arguments(fn, as_group=False)
-    cfg = parser.parse_args(argv)
-    init = parser.instantiate_classes(cfg)
-    kwargs = {k: v for k, v in vars(init).items() if k not in ("config", "__path__")}
-    kwargs = {k: v for k, v in kwargs.items() if not k.startswith("__")}
-    return fn(**kwargs)
-
-
 def run_lightning(argv: list[str]) -> object:
     from .lightning_cli import VarlitCLI
     from .subject_args import replace_config_choices
@@ -71,22 +63,30 @@ def run_lightning(argv: list[str]) -> object:
     return VarlitCLI(args=[argv[0], *replace_config_choices(argv[1:])])
 
 
+# `varlit NAME ...` -> "module:function" given the rest of the command line: a command that reads its own
+# arguments. Each module is imported only when its command runs, and none of them imports varlit.cli.
+MAINS: dict[str, str] = {
+    "pretrain": "varlit.pretrain.cli:main",
+    "world": "varlit.world.cli:main",
+    "bench": "varlit.bench.cli:command",
+}
+
+# `varlit NAME ...` -> "module:function" whose typed arguments the command line gives (run_function)
+FUNCTIONS: dict[str, str] = {
+    "sample": "varlit.commands.sample:sample_images",
+    "compare": "varlit.eval.compare:compare",
+    "export": "varlit.commands.share:export_adapter",
+    "push": "varlit.commands.share:push_adapter",
+    "download": "varlit.commands.download:download",
+}
+
+
+def _entry(spec: str) -> Callable:
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _commands() -> dict[str, Callable[[list[str]], object]]:
-    def sample(argv: list[str]) -> object:
-        from .commands.sample import sample_images
-
-        return run_function(sample_images, argv, "varlit sample")
-
-    def download(argv: list[str]) -> object:
-        from .commands.download import download as download_fn
-
-        return run_function(download_fn, argv, "varlit download")
-
-    def bench(argv: list[str]) -> object:
-        from .bench import run_bench
-
-        return run_function(run_bench, argv, "varlit bench")
-
     def sweep(argv: list[str]) -> object:
         from .sweeps.cli import main as sweeps_main
 
@@ -111,46 +111,13 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
 
         return eval_main(replace_config_choices(argv))
 
-    def compare(argv: list[str]) -> object:
-        from .eval.compare import compare as compare_evals
-
-        return run_function(compare_evals, argv, "varlit compare")
-
-    def export(argv: list[str]) -> object:
-        from .commands.share import export_adapter
-
-        return run_function(export_adapter, argv, "varlit export")
-
-    def push(argv: list[str]) -> object:
-        from .commands.share import push_adapter
-
-        return run_function(push_adapter, argv, "varlit push")
-
-    def pretrain(argv: list[str]) -> object:
-        from .pretrain.cli import main as pretrain_main
-
-        return pretrain_main(argv)
-
-    def world(argv: list[str]) -> object:
-        from .world.cli import main as world_main
-
-        return world_main(argv)
-
-    lightning = {name: (lambda argv, name=name: run_lightning([name, *argv])) for name in ("fit", "validate")}
-    return {
-        "pretrain": pretrain,
-        "world": world,
-        "sample": sample,
-        "eval": evaluate,
-        "compare": compare,
-        "export": export,
-        "push": push,
-        "download": download,
-        "data": data,
-        "bench": bench,
-        "sweep": sweep,
-        **lightning,
+    mains = {name: (lambda argv, spec=spec: _entry(spec)(argv)) for name, spec in MAINS.items()}
+    functions = {
+        name: (lambda argv, name=name, spec=spec: run_function(_entry(spec), argv, f"varlit {name}"))
+        for name, spec in FUNCTIONS.items()
     }
+    lightning = {name: (lambda argv, name=name: run_lightning([name, *argv])) for name in ("fit", "validate")}
+    return {**mains, **functions, "eval": evaluate, "data": data, "sweep": sweep, **lightning}
 
 
 REMOVED = {

@@ -18,26 +18,35 @@ schedule, so batches are drawn from one aspect group at a time (weighted by grou
 Epochs. One epoch is `ceil(repeats * num_photos / batch_size)` batches; training length is best set with
 `trainer.max_steps`. With `augment_flip` / `augment_crop`, each photo has a fixed set of cached views
 (flipped, zoom-cropped) and every sample draws one of them.
+
+The batch order and collation are in `loaders.py`; the prompt templates and photo captions in
+`templates.py`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 from varlit.data import dreambench, world_subjects
 from varlit.data.batches import PromptBatch, SubjectBatch
 from varlit.data.cache import TensorCache
 from varlit.data.images import DEFAULT_MAX_PIXELS, CropBox, uint8_to_pm1
+from varlit.data.loaders import (
+    Collate,
+    GroupedBatchSampler,
+    ResumableDataLoader,
+    ViewDataset,
+    identity_collate,
+)
 from varlit.data.precompute import (
     Aspect,
     Encoders,
@@ -57,214 +66,22 @@ from varlit.data.subjects import (
     check_class_word,
     load_subject_photos,
 )
+from varlit.data.templates import (
+    DEFAULT_CLASS_TEMPLATES,
+    DEFAULT_INSTANCE_TEMPLATE,
+    DEFAULT_VAL_PROMPTS_LIVE,
+    DEFAULT_VAL_PROMPTS_OBJECT,
+    describe_captions,
+    filename_phrase,
+    fill_template,
+    read_photo_captions,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_INSTANCE_TEMPLATE = "a photo of <placeholder> {class}"
-DEFAULT_CLASS_TEMPLATES = ("a photo of {class}",)
-# Sample-grid prompts (a few of DreamBench's, which cover background, pose and attribute changes).
-_VAL_COMMON = (
-    "a <placeholder> {class} on the beach",
-    "a <placeholder> {class} on top of a wooden floor",
-    "a <placeholder> {class} with a city in the background",
-)
-DEFAULT_VAL_PROMPTS_OBJECT = (*_VAL_COMMON, "a red <placeholder> {class}")
-DEFAULT_VAL_PROMPTS_LIVE = (*_VAL_COMMON, "a <placeholder> {class} wearing a santa hat")
-
-
-def fill_template(template: str, class_word: str) -> str:
-    """Put the class word into a prompt template (`{class}`; `<placeholder>` stays literal)."""
-    return template.replace("{class}", class_word)
-
-
-def filename_phrase(name: str) -> str:
-    """The words of a photo's file name, as its context phrase: `on_the_beach-2.jpg` -> "on the beach"
-    (separators become spaces; numbered tokens such as `2` or `img0042` are left out)."""
-    words = re.split(r"[^A-Za-z0-9']+", Path(name).stem)
-    return " ".join(w for w in words if w and not any(ch.isdigit() for ch in w))
 
 
 def default_cache_dir() -> Path:
     return Path("~/.cache/varlit/tokens").expanduser()
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader that Lightning treats as resumable (it has `state_dict` / `load_state_dict`).
-
-    Its position is the data module's count of used batches, which also drives the batch sampler: a run
-    resumed mid-epoch draws the batch the uninterrupted run would have drawn next."""
-
-    position_owner: LightningDataModule | None = None
-
-    def state_dict(self) -> dict[str, int]:
-        return self.position_owner.state_dict() if self.position_owner is not None else {}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        if self.position_owner is not None and state_dict:
-            self.position_owner.load_state_dict(state_dict)
-
-
-class _ViewDataset(Dataset):
-    """Index (view, class prompt) -> that pair; the collate function assembles the batch."""
-
-    def __init__(self, num_views: int):
-        self.num_views = num_views
-
-    def __len__(self) -> int:
-        return self.num_views
-
-    def __getitem__(self, index: tuple[int, int]) -> tuple[int, int]:
-        return index
-
-
-class GroupedBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Batches of (view index, class-prompt index), every batch drawn from a single aspect group.
-
-    Batch k of a run (k = the trainer's global step when `step_fn` is given) is a pure function of
-    (seed, rank, k): a run resumed from a checkpoint draws exactly the batches the uninterrupted run
-    would have, whatever Lightning does with the interrupted epoch. Within a group, views are visited in
-    shuffled passes (each view equally often; each group counts its own samples); the class prompt of each
-    sample is uniform. A batch never holds the same view twice: where a batch straddles two passes, the
-    next pass's head is reordered to avoid the views the previous pass's tail put in that batch (impossible
-    only when a group has fewer views than the batch size; then views repeat as evenly as passes allow).
-    """
-
-    def __init__(
-        self,
-        groups: Sequence[Sequence[int]],
-        batch_size: int,
-        num_batches: int,
-        num_class_prompts: int,
-        seed: int = 0,
-        step_fn: Callable[[], int] | None = None,
-        rank: int = 0,
-    ):
-        if not groups or any(not g for g in groups):
-            raise ValueError("every aspect group needs at least one view")
-        self.groups = [list(g) for g in groups]
-        self.batch_size = batch_size
-        self.num_batches = num_batches
-        self.num_class_prompts = num_class_prompts
-        self.seed = seed
-        self.step_fn = step_fn
-        self.rank = rank
-        self.epoch = 0
-        self._orders: dict[int, list[list[int]]] = {}  # group -> the view order of each pass so far
-        self._picked: list[list[int]] = [[0] * len(self.groups)]  # [j][g]: batches of group g before batch j
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def _gen(self, *key: int) -> torch.Generator:
-        value = self.seed
-        for k in (self.rank, *key):
-            value = (value * 1_000_003 + k + 1) % (2**62)
-        return torch.Generator().manual_seed(value)
-
-    def batch(self, k: int) -> list[tuple[int, int]]:
-        """The k-th batch of the run."""
-        sizes = torch.tensor([len(g) for g in self.groups], dtype=torch.float64)
-        gen = self._gen(0, k)
-        g = int(torch.multinomial(sizes, 1, generator=gen)) if len(self.groups) > 1 else 0
-        group = self.groups[g]
-        out = []
-        start = self._batches_before(k, g) * self.batch_size  # samples this group gave before batch k
-        for b in range(self.batch_size):
-            i = start + b  # the group's sample counter; pass p visits every view of the group once
-            p, pos = divmod(i, len(group))
-            cls = int(torch.randint(self.num_class_prompts, (1,), generator=gen))
-            out.append((group[self._pass_order(g, p)[pos]], cls))
-        return out
-
-    def _batches_before(self, k: int, g: int) -> int:
-        """How many of batches 0..k-1 came from group g (replayed once from their seeds, then remembered)."""
-        if len(self.groups) == 1:
-            return k
-        sizes = torch.tensor([len(grp) for grp in self.groups], dtype=torch.float64)
-        while len(self._picked) <= k:
-            j = len(self._picked) - 1
-            counts = list(self._picked[j])
-            counts[int(torch.multinomial(sizes, 1, generator=self._gen(0, j)))] += 1
-            self._picked.append(counts)
-        return self._picked[k][g]
-
-    def _pass_order(self, g: int, p: int) -> list[int]:
-        """The order of pass p over group g: a pure function of (seed, rank, g, p), computed pass by pass
-        (and remembered) because each pass's head depends on the previous pass's tail."""
-        orders = self._orders.setdefault(g, [])
-        n, B = len(self.groups[g]), self.batch_size
-        while len(orders) <= p:
-            q = len(orders)
-            order = torch.randperm(n, generator=self._gen(1, g, q)).tolist()
-            tail = (q * n) % B  # samples of pass q - 1 in the batch where pass q starts
-            if q > 0 and tail and B <= n:
-                order = _avoid_head(order, set(orders[q - 1][n - tail :]), B - tail)
-            orders.append(order)
-        return orders[p]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        start = self.step_fn() if self.step_fn is not None else self.epoch * self.num_batches
-        self.epoch += 1
-        for j in range(self.num_batches):
-            yield self.batch(start + j)
-
-
-def _avoid_head(order: list[int], taken: set[int], head: int) -> list[int]:
-    """`order` with none of `taken` in its first `head` places: each such view swaps with the first later
-    view that is free (deterministic; still a permutation)."""
-    out = list(order)
-    for j in range(head):
-        if out[j] in taken:
-            t = next(t for t in range(head, len(out)) if out[t] not in taken)
-            out[j], out[t] = out[t], out[j]
-    return out
-
-
-class _Collate:
-    """Turns [(view index, class index)] into a `SubjectBatch` from the cached tensors."""
-
-    def __init__(
-        self,
-        views: list[ImageView],
-        instance: PromptFeatures,
-        classes: list[PromptFeatures],
-        by_photo: dict[str, PromptFeatures] | None = None,
-    ):
-        self.views = views
-        self.instance = instance
-        self.classes = classes
-        self.by_photo = by_photo or {}  # photo file name -> its own caption (photo_captions)
-
-    def __call__(self, items: list[tuple[int, int]]) -> SubjectBatch:
-        views = [self.views[v] for v, _ in items]
-        schedule = views[0].schedule
-        if any(v.schedule != schedule for v in views):
-            raise ValueError("a batch mixes aspect ratios; use GroupedBatchSampler")
-        instances = [self.by_photo.get(Path(v.path).name, self.instance) for v in views]
-        instance_text, placeholder = stack_prompts(instances)
-        class_feats = [self.classes[c] for _, c in items]
-        class_text, _ = stack_prompts(class_feats)
-        return SubjectBatch(
-            pixels_B3HW=uint8_to_pm1(torch.stack([v.pixels_3HW for v in views])),
-            z_BdHW=torch.stack([v.z_dhw for v in views]),
-            bits_BLd=torch.stack([v.bits_Ld for v in views]),
-            x_BLd_wo_prefix=torch.stack([v.x_Ld_wo_prefix for v in views]),
-            instance_text=instance_text,
-            instance_placeholder_B=placeholder,
-            class_text=class_text,
-            instance_prompts=[f.prompt for f in instances],
-            class_prompts=[f.prompt for f in class_feats],
-            schedule=schedule,
-            vae_schedule=views[0].vae_schedule,
-            paths=[str(v.path) for v in views],
-        )
-
-
-def _identity(batch: PromptBatch) -> PromptBatch:
-    return batch
 
 
 class SubjectDataModule(LightningDataModule):
@@ -471,53 +288,18 @@ class SubjectDataModule(LightningDataModule):
         if self.photo_captions is None:
             return {}
         subject = self._require_subject()
-        path = subject.folder / self.photo_captions
-        if not path.is_file():
-            raise SubjectError(
-                f"data.photo_captions: {path} does not exist; write it (one '<photo file>: <prompt>' per "
-                "line) or pass --data.photo_captions null to train every photo with one prompt"
-            )
-        names = {p.path.name for p in self.photos}
-        out: dict[str, str] = {}
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            name, sep, template = line.partition(":")
-            name, template = name.strip(), template.strip()
-            if not sep or not template:
-                raise SubjectError(
-                    f"{path}, line {n}: expected '<photo file>: <prompt template>', got {line!r}"
-                )
-            if name not in names:
-                raise SubjectError(f"{path}, line {n}: {name!r} is not one of the subject's photos")
-            if PLACEHOLDER not in template:
-                raise SubjectError(f"{path}, line {n}: the prompt {template!r} has no {PLACEHOLDER}")
-            out[name] = self._with_identifier(fill_template(template, subject.class_word))
-        return out
+        return read_photo_captions(
+            subject.folder / self.photo_captions,
+            {p.path.name for p in self.photos},
+            subject.class_word,
+            self._with_identifier,
+        )
 
     def caption_report(self) -> str:
         """One line: how the photos are captioned, and (with one prompt for all) the risk and the fixes."""
         prompts = self.photo_prompts
-        n = len(self.photos)
-        source = (
-            f"data.photo_captions ({self.photo_captions})"
-            if self.photo_captions is not None
-            else "their file names (data.caption_from_filename)"
-        )
-        if prompts:
-            rest = "" if len(prompts) == n else f"; the other {n - len(prompts)} use {self.instance_prompt!r}"
-            return f"captions: {len(prompts)} of {n} photos captioned from {source}{rest}"
-        found = self._require_subject().folder / "captions.txt"
-        hint = (
-            f" ({found} exists: --data.photo_captions captions.txt uses it)"
-            if found.is_file() and self.photo_captions is None
-            else ""
-        )
-        return (
-            f"captions: none; all {n} photos train on {self.instance_prompt!r}, so the subject may learn the "
-            "photos' backgrounds too; name each photo's background with --data.photo_captions FILE or "
-            f"--data.caption_from_filename true{hint}"
-        )
+        folder = self._require_subject().folder
+        return describe_captions(prompts, len(self.photos), self.photo_captions, self.instance_prompt, folder)
 
     @property
     def class_prompts(self) -> list[str]:
@@ -642,14 +424,14 @@ class SubjectDataModule(LightningDataModule):
             step_fn=lambda: self.batches_consumed,
             rank=trainer.global_rank if trainer is not None else 0,
         )
-        collate = _Collate(
+        collate = Collate(
             self.views,
             self.prompt_features[self.instance_prompt],
             [self.prompt_features[p] for p in self.class_prompts],
             {name: self.prompt_features[p] for name, p in self.photo_prompts.items()},
         )
         loader = ResumableDataLoader(
-            _ViewDataset(len(self.views)),
+            ViewDataset(len(self.views)),
             batch_sampler=sampler,
             collate_fn=collate,
             num_workers=self.num_workers,
@@ -664,7 +446,7 @@ class SubjectDataModule(LightningDataModule):
         batches = self.prompt_batches(prompts, self.val_batch_size)
         if not batches:
             return []
-        return DataLoader(batches, batch_size=None, collate_fn=_identity)
+        return DataLoader(batches, batch_size=None, collate_fn=identity_collate)
 
     # ------------------------------------------------------------------ resumable batch order
 

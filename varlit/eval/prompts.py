@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from varlit.data.datamodule import fill_template
 from varlit.data.subjects import PLACEHOLDER
+from varlit.data.templates import fill_template
 
 ClipTextMode = Literal["class", "arbooth_compat"]
 

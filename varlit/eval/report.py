@@ -18,7 +18,8 @@ from ..io import atomic_write_json, atomic_write_text, save_png
 
 if TYPE_CHECKING:
     from .config import EvalConfig
-    from .runner import ImageStore, SubjectPlan
+    from .plan import SubjectPlan
+    from .store import ImageStore
 
 GRID_TILE = 256  # side of one grid cell: 1024 px samples would make a 25 x 8 grid of 200 megapixels
 GRID_GAP = 2

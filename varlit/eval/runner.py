@@ -1,17 +1,18 @@
 """The engine of `varlit eval`: sample every subject x prompt x seed on ONE base model, then score the files.
 
-1. Plan (no model work, so bad input fails in seconds): resolve each subject (DreamBench name or the data
-   config's folder), its photos, its adapter file and its prompts.
+1. Plan (no model work, so bad input fails in seconds; `plan.py`): resolve each subject (DreamBench name
+   or the data config's folder), its photos, its adapter file and its prompts.
 2. Generate: the base model is loaded once; each subject's adapter is copied onto it in place
    (`load_adapter`; `restore_base` undoes it), never reloaded. Per seed, the subject's prompts are sampled
    in fixed chunks of `batch_size` (KV-cached sampler). PNGs land in `images/<subject>/<slug>/s<seed>.png`
-   next to a `settings.json` fingerprint (model, adapter hash, sampling, batch mates, dtype). A rerun keeps
-   every valid PNG whose fingerprint matches and samples only the chunks with a missing image; because a
-   chunk is always the same prompts with the same seed, a resumed run produces the same images as an
-   uninterrupted one.
+   (`store.py`) next to a `settings.json` fingerprint (model, adapter hash, sampling, batch mates,
+   dtype). A rerun keeps every valid PNG whose fingerprint matches and samples only the chunks with a
+   missing image; because a chunk is always the same prompts with the same seed, a resumed run produces
+   the same images as an uninterrupted one.
 3. Score: samples, the subject's photos (preprocessed as for training, saved to `_reference/`) and the
    class-prompt samples (`_class/`) are read back from disk and squashed to 256 px with PIL bicubic (the
    reference protocol), then `SubjectMetrics` computes DINO / CLIP-I / CLIP-T per prompt, PRES and DIV.
+4. Report (`report.py`): metrics.json / .csv / .md and the sample grids.
 
 Differences from the released ARBooth scripts (DESIGN.md §1): samples are PNG, not JPEG (quality 95);
 reference photos are the training crops rather than the raw photos; PRES samples are drawn in batches
@@ -20,91 +21,31 @@ reference photos are the training crops rather than the raw photos; PRES samples
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from ..data.datamodule import SubjectDataModule
-from ..data.dreambench import LIVE_CLASSES
 from ..data.images import file_sha256, resize_and_crop, to_uint8_tensor
-from ..data.subjects import SubjectPhoto
-from ..data.world_subjects import (
-    WORLD_CLASS_TEMPLATE,
-    is_world_preset,
-    own_eval_templates,
-    world_eval_templates,
-    world_subject_name,
-)
-from ..io import atomic_write_json, save_png
+from ..io import save_png
 from ..loggers import RunConfig
-from ..models.loading import CheckpointError
 from ..models.sampler import to_uint8
 from ..models.schedules import image_size, nearest_h_div_w
-from ..pipeline import Pipeline, slugify
-from ..tuning.adapter import read_adapter_meta
+from ..pipeline import Pipeline
 from .config import EvalConfig
 from .judge import JUDGE_METRIC_NAMES, PROMPT_METRICS, judge_path
 from .metrics import METRIC_NAMES, SubjectMetrics, SubjectSamples, SubjectScores
+from .plan import BASE_ADAPTER as BASE_ADAPTER  # re-exported: `varlit eval` and tests import them here
+from .plan import DEFAULT_ADAPTER as DEFAULT_ADAPTER
+from .plan import ModelSource, SubjectPlan, plan_subjects
 from .preprocess import load_images
-from .prompts import (
-    EvalPrompt,
-    check_templates,
-    class_prompt,
-    default_templates,
-    drop_placeholder,
-    make_prompt,
-)
+from .prompts import EvalPrompt
+from .report import write_reports
+from .store import CLASS_DIR, REFERENCE_DIR, ImageStore, valid_png
 from .tiny_backbones import TINY_NOTE, is_tiny
 
-log = logging.getLogger(__name__)
-
-DEFAULT_ADAPTER = "{root}/{run}/adapter.safetensors"
-BASE_ADAPTER = "base"  # `eval.adapters` value: no adapter, the base model itself
-IMAGES_DIR = "images"
-REFERENCE_DIR = "_reference"
-CLASS_DIR = "_class"
-SETTINGS_FILE = "settings.json"
 FINGERPRINT_FORMAT = "varlit-eval-images/1"
-
-
-@dataclass
-class ModelSource:
-    """The base model: the fields of the `model:` section that `varlit eval` uses."""
-
-    preset: str = "tiny"
-    weights: str | None = None
-    vae_weights: str | None = None
-    text_encoder: str | None = None
-    init_seed: int = 0
-
-    @property
-    def random_init(self) -> bool:
-        from ..models.presets import get_preset
-
-        return (self.weights or get_preset(self.preset).weights) is None
-
-
-@dataclass
-class SubjectPlan:
-    """Everything about one subject that can be checked before a model is loaded."""
-
-    name: str
-    class_word: str
-    live: bool
-    folder: Path
-    photos: list[SubjectPhoto]
-    adapter: Path | None
-    prompts: list[EvalPrompt]
-    slugs: list[str]
-    class_prompt: str
-    aspect: str = "square"
-    resample: str = "bilinear"
 
 
 @dataclass
@@ -148,211 +89,6 @@ class EvalResult:
     metrics: dict[str, Any]  # the content of metrics.json
     timing: Timing
     files: dict[str, Path] = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------------------------ planning
-
-
-def _own_subject_name(data: dict[str, Any]) -> str | None:
-    if data.get("subject_dir"):
-        return Path(data["subject_dir"]).expanduser().name
-    return data.get("subject")
-
-
-def load_subject(name: str | None, data: dict[str, Any]) -> tuple[Any, list[SubjectPhoto], bool, list[str]]:
-    """(Subject, photos, live, the photos' own captions) through the data layer: the data config's own
-    subject, or a DreamBench name (with the data config's dreambench_root and photo policy)."""
-    kwargs = dict(data)
-    if name is not None and name != _own_subject_name(data):
-        kwargs.update(subject_dir=None, class_word=None, live=None, subject=name, photo_captions=None)
-        kwargs["caption_from_filename"] = False
-    dm = SubjectDataModule(**kwargs)
-    dm.setup("validate")
-    subject = dm.subject
-    live = subject.live
-    if kwargs.get("subject_dir") and kwargs.get("live") is None:  # a photo folder: guess as DreamBench does
-        live = subject.class_word in LIVE_CLASSES
-    return subject, dm.photos, live, list(dm.photo_prompts.values())
-
-
-def resolve_adapters(spec: list[str] | str | None, subjects: list[str], run: RunConfig) -> list[Path | None]:
-    """One adapter path (or None for the base model) per subject; every file must exist."""
-    if spec is None:
-        patterns = [DEFAULT_ADAPTER] * len(subjects)
-    elif isinstance(spec, str):
-        patterns = [spec] * len(subjects)
-    elif len(spec) == 1:
-        patterns = list(spec) * len(subjects)
-    elif len(spec) == len(subjects):
-        patterns = list(spec)
-    else:
-        raise ValueError(
-            f"eval.adapters lists {len(spec)} paths for {len(subjects)} subjects ({', '.join(subjects)}); "
-            "give one per subject or one pattern with {subject}"
-        )
-    paths: list[Path | None] = []
-    owner: dict[Path, str] = {}
-    for name, pattern in zip(subjects, patterns):
-        if pattern.strip().lower() == BASE_ADAPTER:
-            paths.append(None)
-            continue
-        try:
-            path = Path(pattern.format_map({"subject": name, "run": run.name, "root": run.root})).expanduser()
-        except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(
-                f"eval.adapters: cannot fill pattern {pattern!r} ({type(err).__name__}: {err}); "
-                "its fields are {subject}, {run} and {root}"
-            ) from None
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"adapter for subject {name!r} not found: {path} (eval.adapters; train it with `varlit fit` "
-                f"or pass --eval.adapters)"
-            )
-        key = path.resolve()
-        if key in owner:
-            raise ValueError(
-                f"eval.adapters: subjects {owner[key]!r} and {name!r} would both use {path}; "
-                "put {subject} in the pattern or list one adapter per subject"
-            )
-        owner[key] = name
-        paths.append(path)
-    return paths
-
-
-def check_adapter_header(path: Path, preset: str) -> dict[str, Any]:
-    """Cheap check (header only) that an adapter fits the preset, before any sampling starts."""
-    meta = read_adapter_meta(path)
-    if meta.get("preset") and meta["preset"] != preset:
-        raise CheckpointError(
-            f"{path}: adapter was trained on preset {meta['preset']!r}, eval uses {preset!r}"
-        )
-    return meta
-
-
-def unique_slugs(prompts: list[EvalPrompt]) -> list[str]:
-    """Folder names from the readable prompt ("a_dog_on_the_beach"); clashes get _2, _3 ..."""
-    slugs: list[str] = []
-    for p in prompts:
-        base = slugify(drop_placeholder(p.prompt))
-        slug, k = base, 2
-        while slug in slugs:
-            slug, k = f"{base}_{k}", k + 1
-        slugs.append(slug)
-    return slugs
-
-
-def plan_subjects(cfg: EvalConfig, data: dict[str, Any], run: RunConfig, preset: str) -> list[SubjectPlan]:
-    """Resolve and check subjects, adapters and prompts (before anything is loaded)."""
-    cfg.check()
-    templates = check_templates(cfg.prompts) if cfg.prompts is not None else None
-    names = list(cfg.subjects) if cfg.subjects else [None]
-    loaded = [load_subject(name, data) for name in names]
-    subject_names = [s.name for s, _, _, _ in loaded]
-    if len(set(subject_names)) != len(subject_names):
-        raise ValueError(f"eval.subjects lists a subject twice: {subject_names}")
-    adapters = resolve_adapters(cfg.adapters, subject_names, run)
-    plans = []
-    for (subject, photos, live, captions), adapter in zip(loaded, adapters):
-        identifier = None
-        if adapter is not None:
-            meta = check_adapter_header(adapter, preset)
-            recorded = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-            identifier = recorded.get("identifier")  # a rare-token adapter: its word, not <placeholder>
-            trained_on = meta.get("class_word")
-            if trained_on and trained_on != subject.class_word:
-                log.warning(
-                    "%s: adapter was trained with class word %r, subject %s has %r",
-                    adapter,
-                    trained_on,
-                    subject.name,
-                    subject.class_word,
-                )
-        world = world_subject_name(subject.name, subject.class_word)
-        if templates is not None:
-            chosen = templates
-        else:
-            chosen = (
-                world_eval_templates(world)
-                if world
-                else own_eval_templates(captions)
-                if is_world_preset(preset)
-                else default_templates(live)
-            )
-        prompts = [
-            make_prompt(
-                t, subject.class_word, cfg.clip_t_text, placeholder=adapter is not None, identifier=identifier
-            )
-            for t in chosen
-        ]
-        plans.append(
-            SubjectPlan(
-                name=subject.name,
-                class_word=subject.class_word,
-                live=live,
-                folder=subject.folder,
-                photos=photos,
-                adapter=adapter,
-                prompts=prompts,
-                slugs=unique_slugs(prompts),
-                class_prompt=(
-                    WORLD_CLASS_TEMPLATE.replace("{class}", subject.class_word)
-                    if world or is_world_preset(preset)
-                    else class_prompt(subject.class_word)
-                ),
-                aspect=data.get("aspect") or "square",
-                resample=data.get("resample") or "bilinear",
-            )
-        )
-    return plans
-
-
-# ------------------------------------------------------------------------------------------------ on disk
-
-
-def valid_png(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        with Image.open(path) as im:
-            im.verify()
-            return im.format == "PNG"
-    except Exception:  # any decoding failure means "generate it again"
-        return False
-
-
-class ImageStore:
-    """`out/images/<subject>/<slug>/`: PNGs plus the settings fingerprint they were made with."""
-
-    def __init__(self, out: Path):
-        self.out = out
-        self.root = out / IMAGES_DIR
-
-    def dir(self, subject: str, slug: str) -> Path:
-        return self.root / subject / slug
-
-    def sample(self, subject: str, slug: str, seed: int) -> Path:
-        return self.dir(subject, slug) / f"s{seed}.png"
-
-    def class_sample(self, subject: str, i: int) -> Path:
-        return self.dir(subject, CLASS_DIR) / f"c{i:03d}.png"
-
-    def reference(self, subject: str, i: int) -> Path:
-        return self.dir(subject, REFERENCE_DIR) / f"r{i:03d}.png"
-
-    def claim(self, folder: Path, fingerprint: dict[str, Any]) -> bool:
-        """Make `folder` hold images of `fingerprint`: stale PNGs (other settings) are removed first.
-        Returns whether the folder already matched."""
-        fingerprint = json.loads(json.dumps(fingerprint))  # JSON-normal form (lists, str keys)
-        settings = folder / SETTINGS_FILE
-        try:
-            if json.loads(settings.read_text()) == fingerprint:
-                return True
-        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-            pass  # no or unreadable fingerprint: treat every PNG in the folder as stale
-        for png in folder.glob("*.png"):
-            png.unlink()
-        atomic_write_json(settings, fingerprint)
-        return False
 
 
 def _chunks(n: int, size: int) -> list[list[int]]:
@@ -621,8 +357,6 @@ def run_evaluation(
     pn: str | None = None,
 ) -> EvalResult:
     """Plan, generate (resumable), score and report; see the module docstring."""
-    from .report import write_reports
-
     plans = plan_subjects(cfg, data, run, model.preset)
     timing = Timing()
 

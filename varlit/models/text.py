@@ -14,8 +14,9 @@ from torch import nn
 
 from .hub import HubUnavailableError, local_only, missing_error
 from .loading import CheckpointError
+from .tiny_text import TINY_T5_ID, build_tiny_tokenizer, random_t5_model
 
-__all__ = ["HubUnavailableError", "TextBatch", "TextEncoder"]
+__all__ = ["HubUnavailableError", "TextBatch", "TextEncoder", "build_tiny_text_encoder", "random_t5_encoder"]
 
 
 @dataclass
@@ -81,8 +82,6 @@ class TextEncoder(nn.Module):
         """
         from transformers import AutoTokenizer, T5EncoderModel
 
-        from .tiny_text import TINY_T5_ID, build_tiny_text_encoder
-
         if name_or_path == TINY_T5_ID:
             return build_tiny_text_encoder(max_length=max_length)
 
@@ -145,3 +144,20 @@ class TextEncoder(nn.Module):
         feats = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         feats = feats * mask[..., None]
         return TextBatch(feats, mask.sum(1).long())
+
+
+def random_t5_encoder(
+    tokenizer, channels: int = 128, seed: int = 0, max_length: int = 32, spare_rows: int = 64
+) -> TextEncoder:
+    """Random 2-layer T5 encoder of width `channels` for `tokenizer` (deterministic for a seed).
+
+    `spare_rows` leaves room in the embedding table for added tokens such as <placeholder>.
+    """
+    return TextEncoder(
+        random_t5_model(tokenizer, channels, seed, spare_rows), tokenizer, max_length=max_length
+    )
+
+
+def build_tiny_text_encoder(channels: int = 128, seed: int = 0, max_length: int = 32) -> TextEncoder:
+    """The tiny preset's T5: random weights, tokenizer trained on the spot (`tiny_text`)."""
+    return random_t5_encoder(build_tiny_tokenizer(), channels, seed, max_length, spare_rows=64)

@@ -2,13 +2,15 @@
 
 The tokenizer is a Unigram model (like T5's SentencePiece) trained with the `tokenizers` library on a
 fixed corpus of prompt-like sentences, so it is built identically on every machine without a download.
+
+Only the Hugging Face parts live here (tokenizer, random T5 model), so this module sits below `text`:
+`text.TextEncoder.from_pretrained("tiny-t5")` wraps them, and `text.build_tiny_text_encoder` /
+`text.random_t5_encoder` give the wrapped encoder.
 """
 
 from __future__ import annotations
 
 import torch
-
-from .text import TextEncoder
 
 TINY_T5_ID = "tiny-t5"
 
@@ -54,10 +56,8 @@ def build_tiny_tokenizer(vocab_size: int = 256):
     )
 
 
-def random_t5_encoder(
-    tokenizer, channels: int = 128, seed: int = 0, max_length: int = 32, spare_rows: int = 64
-) -> TextEncoder:
-    """Random 2-layer T5 encoder of width `channels` for `tokenizer` (deterministic for a seed).
+def random_t5_model(tokenizer, channels: int = 128, seed: int = 0, spare_rows: int = 64):
+    """Random 2-layer T5 encoder model of width `channels` for `tokenizer` (deterministic for a seed).
 
     `spare_rows` leaves room in the embedding table for added tokens such as <placeholder>.
     """
@@ -78,10 +78,4 @@ def random_t5_encoder(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = T5EncoderModel(config)
-    return TextEncoder(encoder, tokenizer, max_length=max_length)
-
-
-def build_tiny_text_encoder(channels: int = 128, seed: int = 0, max_length: int = 32) -> TextEncoder:
-    """The tiny preset's T5: random weights, tokenizer trained on the spot."""
-    return random_t5_encoder(build_tiny_tokenizer(), channels, seed, max_length, spare_rows=64)
+        return T5EncoderModel(config)

@@ -14,34 +14,36 @@ expect when repeating the sweep on these subjects, not as a population claim. Wh
 validation metrics at several steps (`csv/metrics.csv`), `curve.csv` and `curve.png` give every variant's
 judge (or DINO) metrics against the step, with the same intervals: when to stop.
 Variants keep the sweep's order when the folder name is a known sweep, else they are sorted by name.
+Reading a run's files is `results.py`; the intervals and paired differences are `stats.py`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from varlit.io import atomic_write, atomic_write_text
 
 from .definitions import SWEEPS
-from .runner import EVAL_DIR, METRICS, SUMMARY
-
-DREAMBENCH_METRICS = ("dino", "clip_i", "clip_t", "pres", "div")
-JUDGE_METRICS = (
-    "judge_subject_rate",
-    "judge_subject_sim",
-    "judge_context_acc",
-    "judge_class_acc",
-    "judge_leakage",
-    "judge_class_prior_acc",
+from .results import (
+    DREAMBENCH_METRICS,
+    EVAL_DIR,
+    JUDGE_METRICS,
+    METRICS,
+    QUALITY,
+    SEED_PREFIX,
+    SUMMARY,
+    RunRow,
+    find_runs,
+    read_validation_curve,
 )
-QUALITY = (*DREAMBENCH_METRICS, *JUDGE_METRICS)
+from .results import CollectError as CollectError  # re-exported: collect's readers raise it
+from .stats import Spread, paired_differences
+from .stats import t95 as t95  # re-exported
+
 CHARTED_DREAMBENCH = ("dino", "clip_i", "clip_t", "pres")
 CHARTED_JUDGE = ("judge_subject_rate", "judge_context_acc", "judge_leakage", "judge_class_prior_acc")
 LABELS = {
@@ -80,183 +82,11 @@ SUMMARY_COLUMNS = (
     *COST[1:],
     *SPREAD,
 )
-SEED_PREFIX = "seed"
-VAL_METRICS_CSV = Path("csv") / "metrics.csv"
-# Two-sided 95 % Student t quantiles by degrees of freedom; beyond the table the next lower listed df is
-# used (slightly wider: conservative).
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-_T95 |= {10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
-
-
-class CollectError(ValueError):
-    """A run file exists but cannot be read as what it should be."""
-
-
-@dataclass
-class RunRow:
-    subject: str
-    variant: str
-    values: dict[str, float | int | None] = field(default_factory=dict)
-    status: str = "ok"
-    preset: str | None = None
-    seed: str | None = None
-    dir: Path | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CollectError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise CollectError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _number(value: Any, path: Path, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CollectError(f"{path}: field {name!r} should be a number or null, got {value!r}")
-    return None if math.isnan(value) else float(value)
-
-
-def read_summary(path: Path) -> dict[str, float | None]:
-    """The cost columns of a fit's summary.json."""
-    data = _load_json(path)
-    out: dict[str, float | None] = {}
-    for name in (
-        "trainable_params",
-        "total_params",
-        "sec_per_step",
-        "peak_memory_bytes",
-        "steps",
-        "adapter_bytes",
-    ):
-        out[name] = _number(data.get(name), path, name)
-    final = data.get("final") or {}
-    if not isinstance(final, dict):
-        raise CollectError(f"{path}: field 'final' should be an object of final losses, got {final!r}")
-    out["final_loss"] = _number(final.get("train/loss"), path, "final.train/loss")
-    return out
-
-
-def read_metrics(path: Path) -> dict[str, float | None]:
-    """The quality columns of an evaluation's metrics.json (its `overall` entry; absent ones are None)."""
-    data = _load_json(path)
-    overall = data.get("overall")
-    if not isinstance(overall, dict):
-        raise CollectError(
-            f"{path}: missing the 'overall' object of metrics (dino, clip_i, clip_t, pres, div)"
-        )
-    return {name: _number(overall.get(name), path, f"overall.{name}") for name in QUALITY}
-
-
-def read_notes(path: Path) -> list[str]:
-    """The evaluation's caveats (random-initialised backbones, skipped metrics), if it lists any."""
-    notes = _load_json(path).get("notes") or []
-    return [str(n) for n in notes] if isinstance(notes, list) else []
-
-
-def _run_preset(run_dir: Path) -> str | None:
-    """The model preset of a run, from its saved config (to label tiny random-initialised results)."""
-    import yaml
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        return None
-    model = cfg.get("model") if isinstance(cfg, dict) else None
-    if not isinstance(model, dict):
-        return None
-    preset = model.get("preset")
-    return None if preset is None else str(preset)
-
-
-def find_runs(sweep_dir: Path) -> list[RunRow]:
-    """Every `<subject>/<variant>` folder under the sweep folder that has a summary or metrics."""
-    if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"sweep folder {sweep_dir} does not exist")
-    rows = []
-    for subject_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for variant_dir in sorted(p for p in subject_dir.iterdir() if p.is_dir()):
-            seeds = sorted(
-                (p for p in variant_dir.iterdir() if p.is_dir() and _seed_of(p) is not None),
-                key=lambda p: int(_seed_of(p) or 0),
-            )
-            for run_dir in [variant_dir, *seeds]:
-                row = _read_run(subject_dir.name, variant_dir.name, run_dir)
-                if row is not None:
-                    rows.append(row)
-    return rows
-
-
-def _seed_of(path: Path) -> str | None:
-    rest = path.name[len(SEED_PREFIX) :]
-    return rest if path.name.startswith(SEED_PREFIX) and rest.isdigit() else None
-
-
-def _read_run(subject: str, variant: str, run_dir: Path) -> RunRow | None:
-    summary, metrics = run_dir / SUMMARY, run_dir / EVAL_DIR / METRICS
-    if not (summary.is_file() or metrics.is_file()):
-        return None
-    row = RunRow(subject, variant, preset=_run_preset(run_dir), seed=_seed_of(run_dir), dir=run_dir)
-    missing = []
-    if summary.is_file():
-        row.values.update(read_summary(summary))
-    else:
-        missing.append("no summary.json")
-    if metrics.is_file():
-        row.values.update(read_metrics(metrics))
-        row.notes = read_notes(metrics)
-    else:
-        curve = read_validation_curve(run_dir, QUALITY)
-        if curve:  # a sweep run with --no-eval: the fit's last validation is its score
-            last = max(curve)
-            row.values.update({m: curve[last].get(m) for m in QUALITY})
-            row.notes = ["runs without an evaluation are scored by their last validation"]
-        else:
-            missing.append("no metrics")
-    row.status = "; ".join(missing) or "ok"
-    return row
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
     have = [v for v in values if v is not None]
     return sum(have) / len(have) if have else None
-
-
-def t95(df: int) -> float:
-    """The two-sided 95 % Student t quantile for `df` degrees of freedom (>= 1)."""
-    if df < 1:
-        raise ValueError(f"a t interval needs at least 1 degree of freedom, got {df}")
-    return _T95[max(k for k in _T95 if k <= df)]
-
-
-@dataclass(frozen=True)
-class Spread:
-    """Mean, sample standard deviation and the 95 % interval half-width of the values that exist."""
-
-    n: int
-    mean: float | None
-    std: float | None
-    ci95: float | None
-
-    @classmethod
-    def of(cls, values: Sequence[float | None]) -> Spread:
-        have = [v for v in values if v is not None]
-        n = len(have)
-        if n == 0:
-            return cls(0, None, None, None)
-        mean = sum(have) / n
-        if n == 1:
-            return cls(1, mean, None, None)
-        std = math.sqrt(sum((v - mean) ** 2 for v in have) / (n - 1))
-        return cls(n, mean, std, t95(n - 1) * std / math.sqrt(n))
 
 
 def variant_order(sweep_name: str, rows: Sequence[RunRow]) -> list[str]:
@@ -447,38 +277,6 @@ def render_markdown(sweep_name: str, rows: Sequence[RunRow], table: Sequence[dic
     return "\n".join(lines)
 
 
-def paired_differences(
-    rows: Sequence[RunRow], variants: Sequence[str], metrics: Sequence[str]
-) -> list[dict[str, Any]]:
-    """For every variant after the first: per metric, the Spread of (variant - first variant) over the
-    (subject, seed) pairs both have. Pairing removes the subject-to-subject spread that the per-arm
-    intervals carry, so smaller differences stand out of the noise."""
-    if len(variants) < 2:
-        return []
-    by = {(r.variant, r.subject, r.seed): r for r in rows}
-    out = []
-    for variant in variants[1:]:
-        keys = [
-            (r.subject, r.seed)
-            for r in rows
-            if r.variant == variant and (variants[0], r.subject, r.seed) in by
-        ]
-        if not keys:
-            continue
-        entry: dict[str, Any] = {"variant": variant, "pairs": len(keys)}
-        for m in metrics:
-            deltas = []
-            for subject, seed in keys:
-                a, b = (
-                    by[(variant, subject, seed)].values.get(m),
-                    by[(variants[0], subject, seed)].values.get(m),
-                )
-                deltas.append(None if a is None or b is None else a - b)
-            entry[m] = Spread.of(deltas)
-        out.append(entry)
-    return out
-
-
 def _fmt_diff(sp: Spread | None) -> str:
     if sp is None or sp.mean is None:
         return "–"
@@ -495,22 +293,6 @@ def _fmt_size(n: float | None) -> str:
 
 
 # ------------------------------------------------------------------ per-step validation curves
-
-
-def read_validation_curve(run_dir: Path, metrics: Sequence[str]) -> dict[int, dict[str, float]]:
-    """step -> {metric: value} from a run's `csv/metrics.csv` (`val/<metric>` columns); {} if absent."""
-    path = run_dir / VAL_METRICS_CSV
-    if not path.is_file():
-        return {}
-    out: dict[int, dict[str, float]] = {}
-    with open(path, newline="") as fh:
-        for rec in csv.DictReader(fh):
-            values = {m: float(rec[f"val/{m}"]) for m in metrics if rec.get(f"val/{m}") not in (None, "")}
-            if values and rec.get("step") not in (None, ""):
-                out.setdefault(int(float(rec["step"])) + 1, {}).update(
-                    values
-                )  # step k logs after k+1 updates
-    return out
 
 
 def curves(sweep_name: str, rows: Sequence[RunRow], metrics: Sequence[str]) -> list[dict[str, Any]]:

@@ -28,12 +28,10 @@ from typing import Any
 from varlit.io import atomic_write_json
 
 from .definitions import Sweep, Variant, num_coarse, scale_ramp
+from .results import EVAL_DIR, METRICS, SUMMARY, read_metrics, read_summary
 from .subjects import SubjectChoice, num_scales, read_config_values, resolve_subjects
 
-SUMMARY = "summary.json"
 ADAPTER = "adapter.safetensors"
-EVAL_DIR = "eval"
-METRICS = "metrics.json"
 MARKER = "sweep_run.json"
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
 JOB_TYPE = "sweep"
@@ -331,7 +329,6 @@ def execute(
 
 
 def _log_to_wandb(spec: RunSpec) -> None:
-    from .collect import read_metrics, read_summary
     from .wandb_log import log_eval_run
 
     costs = read_summary(spec.dir / SUMMARY)

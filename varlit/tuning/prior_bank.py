@@ -22,10 +22,11 @@ size, seed and logits dtype. A different hash means the bank is stale and `build
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from varlit.io import atomic_write
 FORMAT = 2  # 2: every shard carries a checksum of its tensors
 TMP_PREFIX = ".tmp-"  # temporary files of unfinished writes, removed when a build starts
 INDEX = "index.json"
+LOCK = ".lock"  # held while a build runs, so runs that share one bank draw it once
 _SHARD = re.compile(r"^shard-\d{5}\.safetensors$")
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -91,6 +93,24 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     contiguous = {k: v.contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata), tmp_prefix=TMP_PREFIX)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (created if missing). Sweep runs that share a bank
+    (`prior.bank.root` outside the run folder) build it one at a time: the first draws, the others wait
+    and then find it complete. Where `fcntl` does not exist (Windows) builds are not serialised."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - POSIX everywhere varlit is tested
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _shard_seed(seed: int, shard: int) -> int:
@@ -199,9 +219,18 @@ class PriorBank:
         `warn` (default: `log`) gets one line per damaged shard that is drawn again: progress may be quiet,
         a repair never is.
         """
-        warn = warn or log
         self._complete = False
         self.root.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.root / LOCK):
+            self._build_locked(sample_fn, device, log, warn or log)
+
+    def _build_locked(
+        self,
+        sample_fn: SampleFn,
+        device: torch.device | str,
+        log: Callable[[str], None],
+        warn: Callable[[str], None],
+    ) -> None:
         for tmp in self.root.glob(f"{TMP_PREFIX}*"):
             tmp.unlink(missing_ok=True)
         index = self._read_index()

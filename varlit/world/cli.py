@@ -14,7 +14,8 @@ steps:
 
 
 def main(argv: list[str]) -> object:
-    from ..cli import run_function
+    """`varlit world <step> ...` (dispatched by varlit.cli)."""
+    from ..function_cli import run_function
 
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)

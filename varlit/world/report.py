@@ -158,8 +158,8 @@ def world_report(
     judge_images_fresh: int = 1024,
     seed: int = 0,
     cache_dir: str = "runs/.cache/world",
-    cfg: float = WORLD_SAMPLING.cfg,
-    tau: float = WORLD_SAMPLING.tau,
+    cfg: float | list[float] = WORLD_SAMPLING.cfg,
+    tau: float | list[float] = WORLD_SAMPLING.tau,
     diversity_prompts: int = 32,
 ) -> dict:
     """Measure the shipped world and write `report.json` and `report.md` beside it, plus a labelled grid."""

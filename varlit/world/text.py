@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..models.text import TextEncoder
+from ..models.text import TextEncoder, random_t5_encoder
 from .scenes import all_captions
 from .subjects import subject_prompts
 
@@ -47,8 +47,6 @@ def build_world_tokenizer():
 
 def build_world_text_encoder(seed: int = 0) -> TextEncoder:
     """Random 2-layer T5 encoder (width 128) with room in its table for added tokens such as <placeholder>."""
-    from ..models.tiny_text import random_t5_encoder
-
     return random_t5_encoder(build_world_tokenizer(), TEXT_CHANNELS, seed, TEXT_MAXLEN, spare_rows=32)
 
 

@@ -1,36 +1,18 @@
-"""Benchmarks of transformer pretraining (`varlit bench --parts '[pretrain]'`) and of the CPU's roofline.
-
-The world is trained on CPUs, where the question is not the peak of a data sheet but what this machine's
-matmul kernels reach at the model's shapes and dtype. `matmul_tflops` measures that (one GEMM of the
-FFN's shape: batch x tokens rows, width x 4 width), and every other figure of a run is reported as a
-fraction of it: the achieved FLOP rate of a step over the rate of a bare matmul, measured in the same run.
-"""
+"""The pretraining step measurement (`varlit bench --parts '[pretrain]'`): one teacher-forced step of
+`varlit pretrain infinity` from scratch, every weight training; on CPUs read against the roofline
+(varlit.bench.roofline)."""
 
 from __future__ import annotations
 
 import torch
 
-from .models.infinity import Infinity
-from .models.presets import Preset
-from .models.quantizer import multiscale_quantize
-from .models.schedules import Schedule, num_tokens
-
-
-def matmul_tflops(
-    device: torch.device, dtype: torch.dtype, m: int, k: int, n: int, warmup: int = 3, steps: int = 10
-) -> dict:
-    """Median TFLOP/s of an [m, k] x [k, n] matmul in `dtype` (2 m k n FLOPs per call)."""
-    from .bench import measure
-
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(m, k, generator=g).to(device, dtype)
-    b = torch.randn(k, n, generator=g).to(device, dtype)
-    t = measure(lambda: a @ b, device, warmup, steps)
-    return {
-        "shape": [m, k, n],
-        "dtype": str(dtype).removeprefix("torch."),
-        "tflops": 2 * m * k * n / t.median_s / 1e12,
-    }
+from ..models.infinity import Infinity
+from ..models.presets import Preset
+from ..models.quantizer import multiscale_quantize
+from ..models.schedules import Schedule, num_tokens
+from .env import _autocast, random_text
+from .flops import TrainableLayout, pass_flops
+from .timing import measure
 
 
 def bench_pretrain(
@@ -51,9 +33,8 @@ def bench_pretrain(
     The inputs are a fixed random batch (latents already encoded, as `varlit pretrain` caches them), so
     the time is the transformer's alone.
     """
-    from .bench import TrainableLayout, _autocast, measure, pass_flops, random_text
-    from .pretrain.infinity_module import init_from_scratch
-    from .tuning.losses import bitwise_ce
+    from ..pretrain.infinity_module import init_from_scratch
+    from ..tuning.losses import bitwise_ce
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
