@@ -12,7 +12,7 @@ import torch
 
 from varlit.models.sampler import SamplingConfig
 from varlit.pipeline import Pipeline
-from varlit.tuning.adapter import load_adapter, read_adapter
+from varlit.tuning.adapter import read_adapter
 
 path = sys.argv[1]
 a = read_adapter(path)
@@ -42,7 +42,7 @@ def run():
 
 
 base_out = run()
-load_adapter(pipe, path)
+pipe.load_adapter(path)
 fp32_out = run()
 with torch.no_grad():
     for k, v in a.tensors.items():

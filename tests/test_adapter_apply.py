@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from varlit.models.loading import CheckpointError
-from varlit.pipeline import Pipeline
-from varlit.tuning.adapter import apply_adapter_tensors, load_adapter, save_adapter
+from varlit.pipeline import Pipeline, apply_adapter_tensors
+from varlit.tuning.adapter import save_adapter
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def _save(path, tensors, pipe: Pipeline, seed: int = 1):
 def test_an_adapter_that_does_not_fit_is_refused_and_changes_nothing(tmp_path, pipe, damage, needle):
     base = _state(pipe)
     good = _save(tmp_path / "good.safetensors", _tuned(pipe), pipe)
-    load_adapter(pipe, good)
+    pipe.load_adapter(good)
     assert pipe.subject is not None
     tensors = _tuned(pipe, ".ca.", seed=2)
     if damage == "unknown":
@@ -50,7 +50,7 @@ def test_an_adapter_that_does_not_fit_is_refused_and_changes_nothing(tmp_path, p
         tensors["head.weight"] = torch.zeros(3, 3)
     bad = _save(tmp_path / "bad.safetensors", tensors, pipe, seed=2)
     with pytest.raises(CheckpointError) as err:
-        load_adapter(pipe, bad)
+        pipe.load_adapter(bad)
     assert "bad.safetensors" in str(err.value) and needle in str(err.value)
     # nothing of the bad adapter got in, and the good one is gone as a whole: the plain base remains
     for k, v in pipe.model.state_dict().items():

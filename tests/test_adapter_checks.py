@@ -16,7 +16,7 @@ from tests.test_run_folder import _fit
 from varlit.cli import main
 from varlit.models.loading import CheckpointError
 from varlit.pipeline import Pipeline
-from varlit.tuning.adapter import load_adapter, read_adapter
+from varlit.tuning.adapter import read_adapter
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_a_complete_adapter_loads_on_its_base_in_float32_and_bfloat16(adapter):
     assert meta["tensors"] and meta["subject_vectors"] is True and meta["base_fingerprint"]
     for dtype in ("float32", "bfloat16"):
         pipe = Pipeline.load("tiny", device="cpu", dtype=dtype, init_seed=0)
-        load_adapter(pipe, adapter)
+        pipe.load_adapter(adapter)
         assert pipe.base_backup
 
 
@@ -73,7 +73,7 @@ def test_an_adapter_of_another_base_is_refused(adapter, capsys, tmp_path):
     # whatever the flags say, the fingerprint of the base the adapter is put on decides
     pipe = Pipeline.load("tiny", device="cpu", dtype="float32", init_seed=1)
     with pytest.raises(CheckpointError, match=r"trained on another base model .*random-init\(0\)"):
-        load_adapter(pipe, adapter)
+        pipe.load_adapter(adapter)
 
 
 def test_missing_subject_vectors_and_unknown_tensors_are_refused(adapter, tmp_path):
@@ -108,4 +108,32 @@ def test_sample_warns_about_prompts_without_the_placeholder(adapter, tmp_path, c
     with caplog.at_level("WARNING", logger="varlit.commands.sample"):
         main(argv)
     assert "without <placeholder>" in caplog.text and "a photo of toy" in caplog.text
+    assert len(list(out.glob("*.png"))) == 1
+
+
+def test_sample_reads_the_adapter_and_resolves_the_preset_once(adapter, tmp_path, monkeypatch):
+    # one pass down: `varlit sample` reads the adapter file once and resolves its preset once; the pipeline
+    # is built from that preset and applies the adapter read (issue 21)
+    import varlit.commands.sample as command
+    import varlit.models.presets as presets
+    import varlit.pipeline as pipeline
+    import varlit.tuning.adapter as adapters
+
+    calls = {"get_preset": 0, "open": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    get_preset = counted("get_preset", presets.get_preset)
+    for module in (command, presets, pipeline):
+        monkeypatch.setattr(module, "get_preset", get_preset)
+    monkeypatch.setattr(adapters, "_open", counted("open", adapters._open))
+    out = tmp_path / "s"
+    argv = ["sample", "--adapter", str(adapter), "--prompts", '["a photo of <placeholder> toy"]']
+    main([*argv, "--out_dir", str(out)])
+    assert calls == {"get_preset": 1, "open": 1}
     assert len(list(out.glob("*.png"))) == 1

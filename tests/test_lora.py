@@ -20,7 +20,7 @@ from varlit.models.loading import CheckpointError
 from varlit.models.text import TextBatch
 from varlit.module import OptimConfig, PriorConfig, SubjectTuningModule
 from varlit.pipeline import Pipeline, load_base
-from varlit.tuning.adapter import load_adapter, read_adapter, save_adapter
+from varlit.tuning.adapter import read_adapter, save_adapter
 from varlit.tuning.freeze import FreezeConfig, TrainableSpec
 from varlit.tuning.lora import AdapterConfig, LoraPlan, inject
 
@@ -226,7 +226,7 @@ def test_save_load_apply_gives_identical_logits(tmp_path):
 def test_merged_and_unmerged_sampling_logits_agree(tmp_path):
     m, path = _trained_adapter(tmp_path)
     pipe = Pipeline.load("tiny", device="cpu", dtype="float32", init_seed=0)
-    load_adapter(pipe, path)
+    pipe.load_adapter(path)
     assert not any("lora" in n for n, _ in pipe.model.named_parameters())  # merged: plain linears again
     merged = _logits(pipe.model)
     unmerged = _logits(m.student)
@@ -242,11 +242,11 @@ def test_swapping_adapters_restores_the_base_exactly_without_reloading(tmp_path)
     second = m2.save_adapter(tmp_path / "b" / "adapter.safetensors")
     pipe = Pipeline.load("tiny", device="cpu", dtype="float32", init_seed=0)
     base = _logits(pipe.model)
-    load_adapter(pipe, first)
+    pipe.load_adapter(first)
     one = _logits(pipe.model)
-    load_adapter(pipe, second)  # restores the base, then merges the other subject (another rank)
+    pipe.load_adapter(second)  # restores the base, then merges the other subject (another rank)
     two = _logits(pipe.model)
-    load_adapter(pipe, first)
+    pipe.load_adapter(first)
     assert torch.equal(_logits(pipe.model), one) and not torch.equal(one, two)
     pipe.restore_base()
     assert torch.equal(_logits(pipe.model), base)
@@ -264,19 +264,19 @@ def test_a_lora_adapter_for_another_preset_or_rank_is_refused_by_value(tmp_path)
         tmp_path / "other.safetensors", a.tensors, a.subject_vectors, {**a.meta, "preset": "world"}
     )
     with pytest.raises(CheckpointError, match="trained on preset 'world', the pipeline is 'tiny'"):
-        load_adapter(pipe, other)
+        pipe.load_adapter(other)
 
     cfg = {**a.meta["adapter"], "ranks": {t: 8 for t in a.meta["adapter"]["ranks"]}}
     lied = save_adapter(
         tmp_path / "rank.safetensors", a.tensors, a.subject_vectors, {**a.meta, "adapter": cfg}
     )
     with pytest.raises(CheckpointError, match=r"shapes A \(4, 128\).*config says rank 8"):
-        load_adapter(pipe, lied)
+        pipe.load_adapter(lied)
     assert torch.equal(_logits(pipe.model), _logits(_base()))  # nothing was applied
 
     other_base = Pipeline.load("tiny", device="cpu", dtype="float32", init_seed=1)
     with pytest.raises(CheckpointError, match="trained on another base model"):
-        load_adapter(other_base, path)
+        other_base.load_adapter(path)
 
     # resuming a rank-4 run's checkpoint with rank 8
     ckpt = {"state_dict": dict(m.state_dict())}

@@ -216,7 +216,7 @@ def test_resume_after_a_kill_continues_the_same_trajectory(tmp_path, subject_dir
 
 def test_adapter_round_trip_gives_identical_logits(tmp_path, subject_dir, cache_dir):
     from varlit.pipeline import Pipeline
-    from varlit.tuning.adapter import load_adapter, read_adapter
+    from varlit.tuning.adapter import read_adapter
 
     m = SubjectTuningModule(
         preset="tiny", freeze=FreezeConfig(preset="late-half"), optim=OptimConfig(lr=1e-3)
@@ -230,7 +230,7 @@ def test_adapter_round_trip_gives_identical_logits(tmp_path, subject_dir, cache_
     assert sum(t.numel() for t in adapter.tensors.values()) < 0.5 * total  # only the tuned blocks
 
     pipe = Pipeline.load("tiny", device="cpu", dtype="float32")
-    load_adapter(pipe, path)
+    pipe.load_adapter(path)
     batch = next(iter(dm.train_dataloader()))
     prompt = batch.instance_prompts[0]
     text = pipe.encode([prompt])

@@ -1,4 +1,9 @@
-"""A ready-to-sample bundle: Infinity + VAE + T5 for a preset, from the hub, local files or random init."""
+"""A ready-to-sample bundle: Infinity + VAE + T5 for a preset, from the hub, local files or random init.
+
+Subject adapters are applied here: `varlit.tuning.adapter` reads and checks the file and hands over plain
+data (tensors, LoRA plan, subject vectors); the pipeline puts it on its model and keeps the base values, so
+`restore_base` undoes it without reloading anything.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -17,6 +23,10 @@ from .models.sampler import SampleOutput, SamplingConfig, make_generator, sample
 from .models.schedules import Schedule
 from .models.text import TextBatch, TextEncoder
 from .models.vae import BSQVAE
+
+if TYPE_CHECKING:
+    from .tuning.adapter import Adapter
+    from .tuning.lora import LoraPlan
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -135,7 +145,7 @@ class Pipeline:
     @classmethod
     def load(
         cls,
-        preset: str = "tiny",
+        preset: str | Preset = "tiny",
         weights: str | None = None,
         vae_weights: str | None = None,
         text_encoder: str | None = None,
@@ -144,9 +154,10 @@ class Pipeline:
         init_seed: int = 0,
         random_init: bool | None = None,
     ) -> Pipeline:
-        """Build a preset; real weights come from `weights`/`vae_weights` (path or hub file name) or the
-        preset's defaults. `random_init` (default: only for presets without released weights) skips loading."""
-        p = get_preset(preset)
+        """Build a preset (a name, or a `Preset` already resolved); real weights come from `weights`/`vae_weights`
+        (path or hub file name) or the preset's defaults. `random_init` (default: only for presets without
+        released weights) skips loading."""
+        p = preset if isinstance(preset, Preset) else get_preset(preset)
         dev = resolve_device(device)
         model, vae = load_base(
             p, weights, vae_weights, dev, resolve_dtype(dtype, dev), init_seed, random_init
@@ -182,10 +193,11 @@ class Pipeline:
                 if "/" not in name_or_path:
                     raise
             folder = _hub_folder(name_or_path)
-        adapter = adapter_file(folder)
-        from .tuning.adapter_source import merge_base
+        from .tuning.adapter import read_adapter
+        from .tuning.adapter_source import AdapterBase, merge_base
 
-        base = merge_base(adapter, {})
+        adapter = read_adapter(adapter_file(folder))
+        base = merge_base(adapter.path, {}, recorded=AdapterBase.from_meta(adapter.meta))
         pipe = cls.load(
             base["preset"],
             base["weights"],
@@ -195,15 +207,38 @@ class Pipeline:
             dtype=dtype,
             init_seed=base["init_seed"],
         )
-        pipe.load_adapter(adapter)
+        pipe.apply_adapter(adapter)
         return pipe
 
-    def load_adapter(self, path: str | os.PathLike):
+    def load_adapter(self, path: str | os.PathLike) -> Adapter:
         """Apply a subject adapter (a varlit `.safetensors`, or a `varlit export` folder) in place; the base
         values are kept, so `unload_adapter` restores the base exactly. Returns the adapter read."""
-        from .tuning.adapter import load_adapter as apply_adapter
+        from .tuning.adapter import read_adapter
 
-        return apply_adapter(self, adapter_file(path))
+        return self.apply_adapter(read_adapter(adapter_file(path)))
+
+    def apply_adapter(self, adapter: Adapter) -> Adapter:
+        """Put an adapter read by `read_adapter` on this base: tuned tensors in place (full) or merged low-rank
+        updates (lora), subject vectors for `<placeholder>`. A refused adapter leaves the plain base."""
+        from .tuning.adapter import check_base, check_target, subject_of
+        from .tuning.subject_embedding import SubjectEmbedding
+
+        kind = check_target(adapter, self.preset.name)
+        if self.base_backup:
+            self.restore_base()
+        plan = check_base(adapter, self.model, self.preset.infinity.depth)
+        if kind == "lora":
+            self.base_backup = merge_lora(self.model, plan, adapter.tensors, adapter.path)
+        else:
+            self.base_backup = apply_adapter_tensors(self.model, adapter.tensors, str(adapter.path))
+        vectors, placeholder = subject_of(adapter)
+        if vectors is None:
+            self.set_subject(None, None)
+        else:
+            emb = SubjectEmbedding(vectors.shape[0], vectors.shape[1])
+            emb.vectors.data.copy_(vectors)
+            self.set_subject(emb.to(self.device), placeholder)
+        return adapter
 
     def unload_adapter(self) -> None:
         """Back to the base model (no reload)."""
@@ -305,6 +340,50 @@ class Pipeline:
                 patchify=self.preset.patchify,
                 negative=negative,
             )
+
+
+def apply_adapter_tensors(
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
+    """Copy tuned tensors into the model in place, all or none; returns the previous values (the base's)."""
+    from .tuning.adapter import check_fits_base
+
+    check_fits_base(model, tensors, source)
+    own = dict(model.named_parameters()) | dict(model.named_buffers())
+    previous = {}
+    with torch.no_grad():
+        for k, v in tensors.items():
+            previous[k] = own[k].detach().clone()
+            own[k].copy_(v.to(own[k].device, own[k].dtype))
+    return previous
+
+
+def merge_lora(
+    model: torch.nn.Module, plan: LoraPlan, tensors: dict[str, torch.Tensor], path
+) -> dict[str, torch.Tensor]:
+    """Merge a checked LoRA adapter into its target weights (no per-token cost); returns their base values.
+    Weights the merge would make non-finite are refused, and the base is left as it was."""
+    from .models.loading import CheckpointError
+    from .tuning.lora import merge_into
+
+    params = dict(model.named_parameters())
+    backup = {f"{t}.weight": params[f"{t}.weight"].detach().clone() for t in plan.targets}
+    try:
+        merge_into(model, plan, tensors)
+    except (ValueError, CheckpointError) as err:  # peft's safe merge refuses non-finite results
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: cannot merge the LoRA adapter ({first})") from None
+    merged = {k: params[k] for k in backup}
+    bad = [k for k, w in merged.items() if not bool(torch.isfinite(w).all())]
+    if bad:
+        with torch.no_grad():
+            for k, w in merged.items():
+                w.copy_(backup[k])
+        raise CheckpointError(
+            f"{path}: merging the LoRA update gives non-finite weights in {bad[0]} (rank {plan.ranks[bad[0][:-7]]}, "
+            f"alpha {plan.alphas[bad[0][:-7]]:g}): the adapter's tensors or alphas are broken"
+        )
+    return backup
 
 
 ADAPTER_IN_FOLDER = "varlit_adapter.safetensors"  # the varlit adapter inside a `varlit export` folder

@@ -108,6 +108,29 @@ def check_fits_module(ckpt: Mapping[str, Any], module: torch.nn.Module, path: st
         raise CheckpointError(f"--ckpt_path {path} does not fit this run's model: {'; '.join(problems)}")
 
 
+def check_trained_tensors(state: Mapping[str, torch.Tensor], module: torch.nn.Module) -> None:
+    """A checkpoint's state dict holds every tensor the module trains, each of this run's shape (the module's
+    own check when Lightning restores it; `check_fits_module` reports a whole checkpoint first)."""
+    want = _trained_names(module)
+    missing = sorted(want - set(state))
+    if missing:
+        raise ValueError(
+            f"checkpoint does not hold the tensors this run trains ({len(missing)} missing, e.g. {missing[0]}); "
+            "was it written with another freeze spec or adapter type?"
+        )
+    own = dict(module.named_parameters())
+    for k in sorted(want):
+        have, mine = tuple(state[k].shape), tuple(own[k].shape)
+        if have == mine:
+            continue
+        if ".lora_A." in k:  # A is [rank, in]
+            raise ValueError(
+                f"checkpoint was trained with LoRA rank {have[0]} ({k}), this run has rank {mine[0]} "
+                "(adapter.rank / adapter.rank_per_kind): resume with the rank it was started with"
+            )
+        raise ValueError(f"checkpoint tensor {k} has shape {have}, this run's is {mine}")
+
+
 def _trained_names(module: torch.nn.Module) -> set[str]:
     """The tensors a fit checkpoint of this module holds: the student's trainable ones and the subject vectors."""
     mask = getattr(module, "mask", None)

@@ -119,10 +119,11 @@ def model_and_data(
     if adapter is None:
         return ModelSource(**{k: v for k, v in fields.items() if v is not None}), data
     given = {k: (None if v == defaults.get(k) else v) for k, v in fields.items()}
-    base = merge_base(adapter, given, flag="--model.{}", default_preset=str(defaults.get("preset") or "tiny"))
+    recorded = AdapterBase.read(adapter)  # the header, read once for the base model and the subject
+    default_preset = str(defaults.get("preset") or "tiny")
+    base = merge_base(adapter, given, flag="--model.{}", default_preset=default_preset, recorded=recorded)
     data = dict(data)
     if not data.get("subject") and not data.get("subject_dir"):
-        recorded = AdapterBase.read(adapter)
         data.update(subject=recorded.subject, subject_dir=recorded.subject_dir)
         if recorded.subject_dir and not data.get("class_word"):
             data["class_word"] = recorded.class_word

@@ -10,7 +10,8 @@ from ..io import atomic_write_json, check_writable_dir, save_png
 from ..models.presets import get_preset
 from ..models.sampler import SamplingConfig, to_uint8
 from ..pipeline import Pipeline, check_device, slugify
-from ..tuning.adapter_source import merge_base
+from ..tuning.adapter import read_adapter
+from ..tuning.adapter_source import AdapterBase, merge_base
 from ..tuning.subject_embedding import PLACEHOLDER
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ def sample_images(
     seeds = list(seeds) if seeds is not None else [0]
     if adapter and not Path(adapter).is_file():  # before the (slow) base-model lookup
         raise FileNotFoundError(f"adapter not found: {adapter} (--adapter)")
+    # One pass down: the adapter is read (and checked) once; its header gives the base model the flags leave
+    # out; the preset is resolved once and handed to the pipeline, which then applies the adapter read here.
+    read = read_adapter(adapter) if adapter else None
     given = dict(
         preset=preset,
         weights=weights,
@@ -82,13 +86,17 @@ def sample_images(
         text_encoder=text_encoder,
         init_seed=init_seed,
     )
-    base = merge_base(adapter, given) if adapter else {**given, "preset": preset or "tiny"}
+    if read is not None:
+        base = merge_base(adapter, given, recorded=AdapterBase.from_meta(read.meta))
+    else:
+        base = {**given, "preset": preset or "tiny"}
     preset, weights, vae_weights, text_encoder = (
         base[k] for k in ("preset", "weights", "vae_weights", "text_encoder")
     )
     init_seed = base["init_seed"] if base["init_seed"] is not None else 0
-    sampling = sampling or get_preset(preset).default_sampling()
-    get_preset(preset).schedule(h_div_w, pn)  # fail on a bad preset / aspect ratio before loading anything
+    model_preset = get_preset(preset)  # resolved once, here
+    sampling = sampling or model_preset.default_sampling()
+    model_preset.schedule(h_div_w, pn)  # fail on a bad aspect ratio / pixel budget before loading anything
     check_writable_dir(out_dir, "out_dir")  # before any image is generated
     if adapter:
         without = [p for p in prompt_list if PLACEHOLDER not in p]
@@ -101,12 +109,10 @@ def sample_images(
             )
     check_device(device)
     pipe = Pipeline.load(
-        preset, weights, vae_weights, text_encoder, device=device, dtype=dtype, init_seed=init_seed
+        model_preset, weights, vae_weights, text_encoder, device=device, dtype=dtype, init_seed=init_seed
     )
-    if adapter:
-        from ..tuning.adapter import load_adapter
-
-        load_adapter(pipe, adapter)
+    if read is not None:
+        pipe.apply_adapter(read)
     out = Path(out_dir)
     written, index = [], []
     start = time.perf_counter()

@@ -1,5 +1,8 @@
 """Building blocks of subject-driven tuning: freeze masks, scale weights, losses, subject embedding,
-bitwise self-correction and the prior bank. The LightningModule (`varlit.module`) wires them together."""
+bitwise self-correction and the prior bank. The LightningModule (`varlit.module`) wires them together and
+owns the parts of a run: the settings (`config`), the teacher and prior loss (`prior`), validation sampling
+(`validation`), the optimizer and its updates (`optim`), the frozen VAE/T5 and dtype policy (`frozen`).
+Adapter files are read and checked in `adapter` and applied by `varlit.pipeline`."""
 
 from varlit.tuning.freeze import (
     KINDS,

@@ -1,7 +1,10 @@
 """Subject adapters: the tuned tensors, the subject embedding and the run's config in one safetensors file.
 
-The base model is not in the file; `load_adapter` puts the tensors onto an already loaded base, so one
-in-memory base serves many subjects (`restore_base` undoes an adapter without reloading anything).
+An adapter is data: this module writes, reads, checks and describes adapter files and returns plain values
+(tensors, the LoRA plan, the subject vectors and what the header records). Applying one to a model is the
+pipeline's work (`Pipeline.load_adapter` / `apply_adapter`): the base model is not in the file, the pipeline
+puts the tensors onto an already loaded base, so one in-memory base serves many subjects
+(`Pipeline.restore_base` undoes an adapter without reloading anything).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -22,10 +25,8 @@ from ..io import atomic_write
 from ..models.loading import CheckpointError
 from .adapter_base import check_dtypes, check_full, check_lora
 from .divergence import check_finite_tensors
-from .subject_embedding import PLACEHOLDER, SubjectEmbedding
-
-if TYPE_CHECKING:
-    from ..pipeline import Pipeline
+from .lora import LoraPlan, check_fits, check_lora_tensors
+from .subject_embedding import PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Adapter:
     tensors: dict[str, torch.Tensor]  # student names (no prefix) -> tuned values
     subject_vectors: torch.Tensor | None
     meta: dict[str, Any]
+    path: Path | None = None  # the file it was read from (named in every error about it)
 
 
 def save_adapter(
@@ -97,7 +99,7 @@ def read_adapter(path: str | os.PathLike) -> Adapter:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
     check_contents(path, meta, model, tensors)
-    return Adapter(model, tensors.get(EMBEDDING_KEY), meta)
+    return Adapter(model, tensors.get(EMBEDDING_KEY), meta, path)
 
 
 def _listing(names: list[str]) -> str:
@@ -184,73 +186,33 @@ def check_fits_base(model: torch.nn.Module, tensors: dict[str, torch.Tensor], so
         )
 
 
-def apply_adapter_tensors(
-    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str
-) -> dict[str, torch.Tensor]:
-    """Copy tuned tensors into the model in place; returns the previous values (to restore the base)."""
-    check_fits_base(model, tensors, source)
-    own = dict(model.named_parameters()) | dict(model.named_buffers())
-    previous = {}
-    with torch.no_grad():
-        for k, v in tensors.items():
-            previous[k] = own[k].detach().clone()
-            own[k].copy_(v.to(own[k].device, own[k].dtype))
-    return previous
-
-
 def adapter_type(meta: dict[str, Any]) -> str:
     """full (tuned tensors replace the base's) or lora (low-rank updates merged into the base)."""
     entry = meta.get("adapter")
     return str(entry.get("type", "full")) if isinstance(entry, dict) else "full"
 
 
-def _apply_lora(pipe: Pipeline, path: Path, adapter: Adapter) -> dict[str, torch.Tensor]:
-    """Merge a LoRA adapter into the target weights (no per-token cost); returns their base values."""
-    from .lora import LoraPlan, check_fits, check_lora_tensors, merge_into
-
-    plan = LoraPlan.from_meta(adapter.meta["adapter"], str(path))
-    check_lora_tensors(path, plan, adapter.tensors)
-    check_fits(path, plan, pipe.model, adapter.tensors)
-    check_lora(path, adapter.meta, pipe.model, pipe.preset.infinity.depth, plan)
-    params = dict(pipe.model.named_parameters())
-    backup = {f"{t}.weight": params[f"{t}.weight"].detach().clone() for t in plan.targets}
-    try:
-        merge_into(pipe.model, plan, adapter.tensors)
-    except (ValueError, CheckpointError) as err:  # peft's safe merge refuses non-finite results
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: cannot merge the LoRA adapter ({first})") from None
-    merged = {k: params[k] for k in backup}
-    bad = [k for k, w in merged.items() if not bool(torch.isfinite(w).all())]
-    if bad:
-        with torch.no_grad():
-            for k, w in merged.items():
-                w.copy_(backup[k])
-        raise CheckpointError(
-            f"{path}: merging the LoRA update gives non-finite weights in {bad[0]} (rank {plan.ranks[bad[0][:-7]]}, "
-            f"alpha {plan.alphas[bad[0][:-7]]:g}): the adapter's tensors or alphas are broken"
-        )
-    return backup
-
-
-def load_adapter(pipe: Pipeline, path: str | os.PathLike) -> Adapter:
-    """Apply an adapter to a loaded pipeline: tuned tensors in place (full) or merged low-rank updates
-    (lora), subject vectors for `<placeholder>`. The base values are kept, so the next adapter or
-    `restore_base` puts the base back exactly, without reloading it."""
-    path = Path(path)
-    adapter = read_adapter(path)
+def check_target(adapter: Adapter, preset: str) -> str:
+    """The adapter's type (full or lora); refused when the type is unknown or it was trained on another preset
+    than `preset` (the pipeline's)."""
+    path = adapter.path
     kind = adapter_type(adapter.meta)
     if kind not in ("full", "lora"):
         raise CheckpointError(f"{path}: unknown adapter type {kind!r} (full or lora)")
     base = adapter.meta.get("preset")
-    if base and base != pipe.preset.name:
-        raise CheckpointError(
-            f"{path}: adapter was trained on preset {base!r}, the pipeline is {pipe.preset.name!r}"
-        )
-    if pipe.base_backup:
-        pipe.restore_base()
+    if base and base != preset:
+        raise CheckpointError(f"{path}: adapter was trained on preset {base!r}, the pipeline is {preset!r}")
+    return kind
+
+
+def check_base(adapter: Adapter, model: torch.nn.Module, depth: int) -> LoraPlan | None:
+    """Whether the adapter fits `model`, a base of `depth` blocks with no adapter applied: its fingerprint
+    (the base it was trained on), then what it must hold on this base (the recorded freeze spec's tensors
+    and their shapes; the LoRA targets, ranks and alphas). Returns the LoRA plan to merge (lora), or None."""
+    path, kind = adapter.path, adapter_type(adapter.meta)
     trained_on = adapter.meta.get("base_fingerprint")
     if trained_on:
-        here = base_fingerprint(pipe.model, set() if kind == "lora" else set(adapter.tensors))
+        here = base_fingerprint(model, set() if kind == "lora" else set(adapter.tensors))
         if here != trained_on:
             raise CheckpointError(
                 f"{path}: adapter was trained on another base model (weights {adapter.meta.get('weights')!r}, "
@@ -260,21 +222,30 @@ def load_adapter(pipe: Pipeline, path: str | os.PathLike) -> Adapter:
     else:
         _warn_once(f"fp:{path}", f"{path}: adapter records no base fingerprint; cannot check its base model")
     if kind == "lora":
-        pipe.base_backup = _apply_lora(pipe, path, adapter)
-    else:
-        check_fits_base(pipe.model, adapter.tensors, str(path))
-        check_full(path, adapter.meta, pipe.model, pipe.preset.infinity.depth, set(adapter.tensors))
-        pipe.base_backup = apply_adapter_tensors(pipe.model, adapter.tensors, str(path))
+        plan = LoraPlan.from_meta(adapter.meta["adapter"], str(path))
+        check_lora_tensors(path, plan, adapter.tensors)
+        check_fits(path, plan, model, adapter.tensors)
+        check_lora(path, adapter.meta, model, depth, plan)
+        return plan
+    check_fits_base(model, adapter.tensors, str(path))
+    check_full(path, adapter.meta, model, depth, set(adapter.tensors))
+    return None
+
+
+def subject_of(adapter: Adapter) -> tuple[torch.Tensor | None, str | None]:
+    """The subject vectors and the placeholder they stand for, or (None, None) for an adapter without vectors
+    (warned once, unless it is a rare-token adapter, which has none by design)."""
     if adapter.subject_vectors is not None:
-        emb = SubjectEmbedding(adapter.subject_vectors.shape[0], adapter.subject_vectors.shape[1])
-        emb.vectors.data.copy_(adapter.subject_vectors)
-        pipe.set_subject(emb.to(pipe.device), adapter.meta.get("placeholder", PLACEHOLDER))
-    else:
-        data = adapter.meta.get("data") if isinstance(adapter.meta.get("data"), dict) else {}
-        if not data.get("identifier"):  # a rare-token adapter has no vectors by design
-            _warn_once(
-                f"nv:{path}",
-                f"{path}: adapter has no subject vectors; {PLACEHOLDER} in prompts is plain text",
-            )
-        pipe.set_subject(None, None)
-    return adapter
+        return adapter.subject_vectors, adapter.meta.get("placeholder", PLACEHOLDER)
+    data = adapter.meta.get("data") if isinstance(adapter.meta.get("data"), dict) else {}
+    if not data.get("identifier"):
+        _warn_once(
+            f"nv:{adapter.path}",
+            f"{adapter.path}: adapter has no subject vectors; {PLACEHOLDER} in prompts is plain text",
+        )
+    return None, None
+
+
+def load_adapter(pipe, path: str | os.PathLike) -> Adapter:
+    """The same as `pipe.load_adapter(path)`, where adapters are applied (kept for code written before)."""
+    return pipe.load_adapter(path)

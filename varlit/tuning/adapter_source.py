@@ -56,12 +56,39 @@ class AdapterBase:
         return cls.from_meta(read_adapter_meta(path))
 
 
+def data_class_word(dm: Any) -> str | None:
+    """The class word a data module knows (its subject's, or its own), if any."""
+    subject = getattr(dm, "subject", None)
+    return getattr(subject, "class_word", None) or getattr(dm, "class_word", None)
+
+
+def subject_record(dm: Any) -> dict[str, Any]:
+    """What an adapter records of the subject it was tuned on (its `data` entry, read back by
+    `AdapterBase.from_meta`), so `varlit eval` / `sample` need not be told again; {} without a data module."""
+    if dm is None:
+        return {}
+    out = {
+        "subject": getattr(dm, "subject_name", None),
+        "subject_dir": getattr(dm, "subject_dir", None),
+        "class_word": data_class_word(dm),
+    }
+    # a data module without one (a test's stand-in): the header simply lacks it
+    out["instance_prompt"] = dm.instance_prompt if hasattr(type(dm), "instance_prompt") else None
+    out["identifier"] = dm.identifier if hasattr(type(dm), "identifier") else None  # rare-token runs
+    return out
+
+
 def merge_base(
-    path: str | os.PathLike, given: dict[str, Any], flag: str = "--{}", default_preset: str = "tiny"
+    path: str | os.PathLike,
+    given: dict[str, Any],
+    flag: str = "--{}",
+    default_preset: str = "tiny",
+    recorded: AdapterBase | None = None,
 ) -> dict[str, Any]:
     """The base-model arguments to load for adapter `path`: each one the caller left as None comes from the
-    adapter; one that contradicts the adapter is refused, naming the flag (`flag` formats the field name)."""
-    recorded = AdapterBase.read(path)
+    adapter; one that contradicts the adapter is refused, naming the flag (`flag` formats the field name).
+    `recorded`: what the adapter's header says, when the caller has read it already (else it is read here)."""
+    recorded = recorded if recorded is not None else AdapterBase.read(path)
     out = dict(given)
     for field in BASE_FIELDS:
         mine, theirs = given.get(field), getattr(recorded, field)
