@@ -35,10 +35,11 @@ from .models.sampler import SamplingConfig
 from .models.text import TextBatch, TextEncoder
 from .models.vae import BSQVAE
 from .pipeline import load_base, resolve_dtype
-from .resume import check_trained_tensors
+from .resume import check_trained_tensors, trained_state
 from .tuning import optim as optimizer
-from .tuning.adapter import base_fingerprint, save_adapter
-from .tuning.adapter_source import data_class_word, subject_record
+from .tuning.adapter import base_fingerprint
+from .tuning.adapter_source import data_class_word
+from .tuning.adapter_writer import tuned_tensors, write_adapter
 from .tuning.config import (
     DEFAULT_ADAPTER,
     DEFAULT_FREEZE,
@@ -61,36 +62,19 @@ from .tuning.frozen import FrozenEncoders, apply_precision, policy_dtypes
 from .tuning.lora import (
     AdapterConfig,
     LoraPlan,
-    adapter_state,
     inject,
     lora_mask,
     plan_lora,
     validate_adapter,
 )
 from .tuning.losses import bitwise_ce, scale_weighted_loss
+from .tuning.parts import Forward, step_seed
 from .tuning.prior import PriorDistillation
 from .tuning.prior_bank import PriorBatch
 from .tuning.scale_weights import ScaleWeights
 from .tuning.self_correction import SelfCorrectionConfig, self_correct
-from .tuning.subject_embedding import PLACEHOLDER, SubjectEmbedding
+from .tuning.subject_embedding import SubjectEmbedding
 from .tuning.validation import ValidationSampler
-
-
-class _Forward:
-    """An attribute that reads and writes an attribute of one of the module's parts."""
-
-    def __init__(self, part: str, name: str):
-        self.part, self.name = part, name
-
-    def __get__(self, module, owner=None):
-        return self if module is None else getattr(getattr(module, self.part), self.name)
-
-    def __set__(self, module, value) -> None:
-        setattr(getattr(module, self.part), self.name, value)
-
-
-def _step_seed(seed: int, step: int, stream: int, rank: int = 0) -> int:
-    return (seed * 1_000_003 + step * 7_919 + stream * 101 + rank * 1_000_000_007) % (2**63 - 1)
 
 
 class SubjectTuningModule(pl.LightningModule):
@@ -204,7 +188,7 @@ class SubjectTuningModule(pl.LightningModule):
             # LoRA's random A comes from `seed`, not from whatever the global RNG holds: the same run, the same start.
             dev = torch.device(init_device)
             with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-                torch.manual_seed(_step_seed(seed, 0, 3))
+                torch.manual_seed(step_seed(seed, 0, 3))
                 inject(student, self.lora)
             self.mask = lora_mask(self.mask, student, self.lora)
         apply_mask(student, self.mask)
@@ -221,12 +205,12 @@ class SubjectTuningModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------ parts
 
     # Attributes of the parts under the names callers use (tests, `varlit.bench`, the sample-grid callback).
-    prior_cfg = _Forward("prior", "cfg")
-    validation_outputs = _Forward("validation", "outputs")
-    _bank = _Forward("prior", "bank")
-    _bank_store = _Forward("prior", "bank_store")
-    _class_text = _Forward("prior", "class_text")
-    _standalone_optimizer = _Forward("updates", "standalone")
+    prior_cfg = Forward("prior", "cfg")
+    validation_outputs = Forward("validation", "outputs")
+    _bank = Forward("prior", "bank")
+    _bank_store = Forward("prior", "bank_store")
+    _class_text = Forward("prior", "class_text")
+    _standalone_optimizer = Forward("updates", "standalone")
 
     @property
     def uses_prior(self) -> bool:
@@ -356,12 +340,7 @@ class SubjectTuningModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keep = {f"student.{k}" for k in self.mask.trainable}
-        checkpoint["state_dict"] = {
-            k: v
-            for k, v in checkpoint["state_dict"].items()
-            if k in keep or k.startswith("subject_embedding.")
-        }
+        checkpoint["state_dict"] = trained_state(checkpoint["state_dict"], self.mask.trainable)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_trained_tensors(checkpoint["state_dict"], self)
@@ -430,7 +409,7 @@ class SubjectTuningModule(pl.LightningModule):
         g = torch.Generator(device=self.device)
         # Accumulated batches of one step draw from their own streams (the micro-batch index is 0 without).
         stream += 1000 * self.updates.micro_batch
-        g.manual_seed(_step_seed(self.seed, self.global_step, stream, self.global_rank))
+        g.manual_seed(step_seed(self.seed, self.global_step, stream, self.global_rank))
         return g
 
     def training_step_for_bench(self, batch) -> torch.Tensor:
@@ -445,7 +424,7 @@ class SubjectTuningModule(pl.LightningModule):
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(
-                _step_seed(self.seed, self.global_step, 1000 * self.updates.micro_batch, self.global_rank)
+                step_seed(self.seed, self.global_step, 1000 * self.updates.micro_batch, self.global_rank)
             )
             return self._training_step(batch)
 
@@ -510,28 +489,9 @@ class SubjectTuningModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------ adapters
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        """The tuned tensors an adapter file holds: the masked tensors (full) or the LoRA A/B (lora, under
-        peft's portable names `<module>.lora_A.weight`)."""
-        if self.lora is not None:
-            return adapter_state(self.student)
-        params = dict(self.student.named_parameters())
-        return {k: params[k] for k in sorted(self.mask.trainable)}
+        return tuned_tensors(self.student, self.mask.trainable, self.lora)
 
     def save_adapter(
         self, path: str | Path, extra_meta: dict[str, Any] | None = None, dtype: torch.dtype | None = None
     ) -> Path:
-        meta = {
-            "preset": self.preset.name,
-            "weights": self._base_id("model"),
-            "placeholder": PLACEHOLDER,
-            "class_word": self._class_word(),
-            "step": int(self.global_step),
-            "freeze": self.mask.as_hparams(),
-            "base_fingerprint": self._base_fingerprint,
-            "adapter": self.lora.meta(self.adapter_cfg) if self.lora is not None else {"type": "full"},
-            "hparams": {k: v for k, v in self.hparams.items()},
-            "data": subject_record(self._datamodule()),
-            **(extra_meta or {}),
-        }
-        vectors = self.subject_embedding.vectors if self.subject_embedding is not None else None
-        return save_adapter(path, self.adapter_tensors(), vectors, meta, dtype=dtype)
+        return write_adapter(self, path, extra_meta, dtype)

@@ -181,3 +181,10 @@ def check_settings(
             f"--ckpt_path {path} was trained with other settings: {shown}. Resume with the settings it was "
             "trained with, or start a new run (another --run.name) to change them"
         )
+
+
+def trained_state(state_dict: dict[str, Any], trainable: set[str]) -> dict[str, Any]:
+    """What a checkpoint keeps of the module's state: the student's trainable tensors and the subject
+    vectors. The frozen base comes back from the preset's weights on resume (see `check_trained_tensors`)."""
+    keep = {f"student.{k}" for k in trainable}
+    return {k: v for k, v in state_dict.items() if k in keep or k.startswith("subject_embedding.")}
