@@ -103,7 +103,8 @@ dreambench: install ## download DreamBench (google/dreambooth) into DIR (default
 # `varlit eval` (one process start less per run); ROOT: runs go to $(ROOT)/<sweep>/<subject>/<variant>/;
 # ARGS: passed to every fit/eval, e.g. ARGS='--data.cache_dir=/fast/cache --eval.seeds=[0,1]'; {run_dir}
 # in a fit argument becomes the run's folder (ARGS='--model.prior.source=bank
-# --model.prior.bank.root={run_dir}/prior_bank' gives every run its own prior bank).
+# --model.prior.bank.root={run_dir}/prior_bank' gives every run its own prior bank; with SEEDS, {run_dir}/../prior_bank
+# one per subject and arm, drawn by the first seed and read by the others).
 CONFIG ?= experiments/world.yaml
 SUBJECTS ?=
 SEEDS ?=

@@ -22,7 +22,7 @@ from varlit.eval.prompts import DREAMBENCH_LIVE_TEMPLATES, DREAMBENCH_OBJECT_TEM
 from varlit.eval.tiny_backbones import build_tiny_clip_tokenizer
 from varlit.models.sampler import to_uint8
 from varlit.pipeline import Pipeline
-from varlit.tuning.adapter import load_adapter, save_adapter
+from varlit.tuning.adapter import save_adapter
 
 SUBJECTS = {"alpha": "toy", "beta": "dog"}  # beta is live (DreamBench guesses live from cat / dog)
 TEMPLATES = ["a {} on the beach", "a red {}"]
@@ -216,7 +216,7 @@ def test_samples_are_the_adapted_model_s(world, both):
             for d in ("a_dog_on_the_beach", "a_red_dog")
         ]
     )
-    load_adapter(pipe, world["runs"] / "beta" / "adapter.safetensors")
+    pipe.load_adapter(world["runs"] / "beta" / "adapter.safetensors")
     tuned = to_uint8(pipe.generate(prompts, EvalConfig().sampling, seed=1).images_B3HW).numpy()
     pipe.restore_base()
     base = to_uint8(pipe.generate(prompts, EvalConfig().sampling, seed=1).images_B3HW).numpy()

@@ -423,7 +423,7 @@ def test_docs_python_example_runs_on_tiny(tmp_path, monkeypatch):
     from varlit.module import SubjectTuningModule
 
     block = blocks(SAMPLING, "python")[0].text
-    assert 'Pipeline.load("infinity-2b")' in block and "load_adapter(pipe," in block
+    assert 'Pipeline.load("infinity-2b")' in block and "pipe.load_adapter(" in block
     adapter = tmp_path / "adapter.safetensors"
     SubjectTuningModule(preset="tiny").save_adapter(adapter)
     code = block.replace('"infinity-2b"', '"tiny", device="cpu"').replace(

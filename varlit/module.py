@@ -16,7 +16,7 @@ What lives where:
 
 Choices of the released ARBooth code kept as options (`arbooth_compat: true` selects them together):
 joint-softmax KL over all 2d logits instead of per-bit KL (`prior.loss=soft`), and two backward passes with
-two optimizer steps per iteration (`optim.schedule=alternating`). Its bugs are not reproduced: see README.
+two optimizer steps per iteration (`optim.schedule=alternating`). Its bugs are not reproduced: see docs/method.md.
 """
 
 from __future__ import annotations

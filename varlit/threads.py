@@ -1,7 +1,7 @@
 """CPU thread policy: torch's intra-op threads only on cores that are idle.
 
 torch starts one worker per core. When another process keeps some cores busy, the workers wait for each
-other at every kernel and a small model runs several times slower than on fewer threads (see README,
+other at every kernel and a small model runs several times slower than on fewer threads (see docs/getting-started.md,
 "CPU threads"). varlit therefore sizes the pool from the load when it starts: the cores the 1-minute load
 average leaves idle, at least one. An explicit choice always wins: `VARLIT_THREADS=N` (or `auto`), or
 `OMP_NUM_THREADS` / `MKL_NUM_THREADS` set by the user.

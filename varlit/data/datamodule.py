@@ -100,7 +100,7 @@ class SubjectDataModule(LightningDataModule):
     subject) on the placeholder and leave the background to the words that describe it.
     `caption_from_filename` does the same from the file names (`on_the_beach.jpg` -> the instance prompt
     followed by "on the beach"). Without either, every photo trains on the one instance prompt and the fit
-    prints a line saying so, with the background risk (measured on the world: README "The method, measured").
+    prints a line saying so, with the background risk (measured on the world: docs/results.md).
     On a world preset (`world`, `world-*`) your own subject's validation prompts default to the world
     contexts its captions do not name: the world cannot draw DreamBench's backgrounds.
     `val_samples_per_prompt` draws each validation prompt

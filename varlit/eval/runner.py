@@ -397,9 +397,7 @@ def run_evaluation(
                 if plan.adapter is None:
                     pipe.restore_base()
                 else:
-                    from ..tuning.adapter import load_adapter
-
-                    load_adapter(pipe, plan.adapter)
+                    pipe.load_adapter(plan.adapter)
 
             generate_subject(pipe, plan, cfg, store, fingerprint, pn, apply, timing)
     finally:

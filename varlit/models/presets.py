@@ -153,7 +153,7 @@ def _presets() -> dict[str, Preset]:
             weights=str(WORLD_DIR / "infinity.safetensors"),
             vae_weights=str(WORLD_DIR / "vae.safetensors"),
             bundled=True,
-            # measured on the world (README "The world"): no top-k / top-p, softer temperature than the 2B's;
+            # measured on the world (docs/world.md): no top-k / top-p, softer temperature than the 2B's;
             # no guidance on the two coarsest scales (where the object is placed: four seeds then differ)
             # and cfg 6 on the rest (the class): 85 % class on 200 selection prompts against 77.5 % at cfg 3
             sampling=SamplingConfig(cfg=[1.0, 1.0, 6.0, 6.0, 6.0], tau=1.0, top_k=0, top_p=0.0),

@@ -280,7 +280,7 @@ def _launch(ns: argparse.Namespace, extra: list[str]) -> int:
 def _wandb(ns: argparse.Namespace) -> int:
     from .wandb_sweep import DEFAULT_CONFIG, DEFAULT_SUBJECTS, write
 
-    if ns.sweep == "world":  # the three ablations on every world subject and seed, as the README ran them
+    if ns.sweep == "world":  # the tables of docs/results.md: every world subject and seed
         from .wandb_sweep import world_sweeps
 
         jobs = [

@@ -50,7 +50,7 @@ def save_adapter(
     meta: dict[str, Any],
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Tuned tensors in their training dtype, or cast to `dtype` (bf16 halves the file; see README)."""
+    """Tuned tensors in their training dtype, or cast to `dtype` (bf16 halves the file; see docs/adapters.md)."""
     tensors = {
         MODEL_PREFIX + k: v.detach().to("cpu", dtype if dtype is not None else v.dtype).contiguous()
         for k, v in model_tensors.items()
@@ -244,8 +244,3 @@ def subject_of(adapter: Adapter) -> tuple[torch.Tensor | None, str | None]:
             f"{adapter.path}: adapter has no subject vectors; {PLACEHOLDER} in prompts is plain text",
         )
     return None, None
-
-
-def load_adapter(pipe, path: str | os.PathLike) -> Adapter:
-    """The same as `pipe.load_adapter(path)`, where adapters are applied (kept for code written before)."""
-    return pipe.load_adapter(path)

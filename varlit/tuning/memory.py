@@ -164,7 +164,7 @@ def finetune_memory(
         acts = n * (cfg.depth * per_block + outside)
         acts += (passes - 1) * n * (cfg.depth * (per_block - saved) - first + prior_outside)
     # Forward temporaries of one block; with checkpointing the recomputed block's backward also holds about
-    # as much again as its kept tensors (measured on CPU; see README).
+    # as much again as its kept tensors (measured on CPU; see docs/precision.md).
     workspace = n * (3 * cfg.width * 4 + 2 * cfg.ffn_hidden * compute_bytes)
     if gradient_checkpointing:
         workspace += n * per_block
